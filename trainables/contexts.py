@@ -1,0 +1,102 @@
+"""Context vectors of Parameter Superposition: one pure function per superposition type.
+
+Every context is a deterministic function of (seed, layer, index): nothing is stored as global
+state, a resumed trial regenerates exactly the contexts it had, and two runs with the same seed
+bind the same keys. ``index`` is the context index (the task under the default schedule).
+
+Conventions: a layer input x has shape (B, M); a diagonal context c has shape (M,) and binds as
+c ⊙ x; a rotation context C has shape (M, M) and binds as C x, i.e. ``x @ C.T`` for row batches.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+PSP_TYPES = ("none", "binary", "complex", "onepower", "rotation")
+
+# Distinct streams so that e.g. the binary key of layer 0 is unrelated to its rotation.
+_STREAM = {"binary": 1, "complex": 2, "onepower": 3, "rotation": 4, "permutation": 5,
+           "init": 6, "batches": 7, "mask": 8}
+
+
+def generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
+    """A CPU torch.Generator seeded from (seed, purpose, *keys), independent across purposes."""
+    words = np.random.SeedSequence([seed, _STREAM[purpose], *keys]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+def identity_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
+    """The standard network (no superposition): c = 1, so y = W x. Shape (dim,)."""
+    return torch.ones(dim)
+
+
+def binary_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
+    """pspBinary: c_k ∈ {−1, +1}^M uniformly at random; y = W (c_k ⊙ x). Shape (dim,)."""
+    g = generator(seed, "binary", layer, index)
+    return torch.randint(0, 2, (dim,), generator=g).float().mul_(2).sub_(1)
+
+
+def complex_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
+    """pspComplex: c_k^j = e^{iφ_j(k)}, φ_j(k) ~ U[−π, π]; y = W (c_k ⊙ x). Shape (dim,) complex64."""
+    g = generator(seed, "complex", layer, index)
+    phase = torch.rand(dim, generator=g).mul_(2 * math.pi).sub_(math.pi)
+    return torch.polar(torch.ones(dim), phase)
+
+
+def onepower_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
+    """pspOnePower: c_k = c_1^k, i.e. c_k^j = e^{i k φ_j} with one phase vector φ per layer.
+
+    k = index + 1 (the paper counts tasks from 1), so no task gets the identity context.
+    One scalar per task (its power) is the whole per-task memory cost. Shape (dim,) complex64.
+    """
+    g = generator(seed, "onepower", layer)
+    phase = torch.rand(dim, generator=g).mul_(2 * math.pi).sub_(math.pi)
+    k = index + 1
+    return torch.polar(torch.ones(dim), torch.remainder(phase.double() * k, 2 * math.pi).float())
+
+
+def rotation_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
+    """pspRotation: C_k Haar-random in O(M); y = W (C_k x). Shape (dim, dim).
+
+    Sampled as Q from the QR decomposition of a standard Gaussian matrix, with the columns'
+    signs fixed by sign(diag(R)) so that Q is Haar-distributed (Mezzadri 2006), not biased.
+    """
+    g = generator(seed, "rotation", layer, index)
+    gaussian = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1
+    return (q * signs).float()
+
+
+CONTEXT_FUNCTIONS = {
+    "none": identity_context,
+    "binary": binary_context,
+    "complex": complex_context,
+    "onepower": onepower_context,
+    "rotation": rotation_context,
+}
+
+
+def make_context(psp: str, seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
+    return CONTEXT_FUNCTIONS[psp](seed, layer, index, dim)
+
+
+def bind(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Bind a batch of inputs x (B, M) with a context: c ⊙ x (diagonal) or C x (rotation)."""
+    if context.dim() == 2:
+        return x @ context.T  # (B, M) — rows are C x_b
+    return x * context  # (B, M), complex if the context is
+
+
+def is_complex(psp: str) -> bool:
+    return psp in ("complex", "onepower")
+
+
+def task_permutation(seed: int, task: int, n_pixels: int) -> torch.Tensor | None:
+    """The pixel permutation of permuted-MNIST task ``task``; task 0 is the unpermuted image."""
+    if task == 0:
+        return None
+    return torch.randperm(n_pixels, generator=generator(seed, "permutation", task))
