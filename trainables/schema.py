@@ -62,7 +62,7 @@ MEASUREMENT_FIELDS: dict[str, pa.DataType] = {
     "step": pa.int64(),
     "task": pa.int32(),       # the task being trained at this step
     "context": pa.int32(),    # the context index in use (differs from task under schedules)
-    "split": pa.string(),     # train | test
+    "split": pa.string(),     # train | test | infer (task-inference accuracy, SupSup GNu)
     "eval_task": pa.int32(),  # test rows: the task evaluated; train rows: null
     "loss": pa.float32(),
     "accuracy": pa.float32(),
@@ -83,7 +83,7 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "config_json": pa.string(),  # the whole config, for fields added after this schema
 }
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "infer")
 STATUSES = ("running", "completed", "diverged", "error")
 KEY_COLUMNS = ("trial_id", "step", "split", "eval_task")
 
