@@ -1,0 +1,369 @@
+"""`psp sweep launch|resume|status`: a validated sweep spec → a Ray Tune experiment.
+
+A sweep named NAME under STORAGE (a path every node can reach, or an s3:// / gs:// URI)::
+
+    STORAGE/NAME/                     Tune's experiment: tuner.pkl, experiment_state-*.json,
+                                      one directory per trial with its task checkpoints
+    STORAGE/NAME/psplab-sweep.json    what `resume` needs: the effective grid, resources, limits
+    STORAGE/NAME/results/             the results store (per-step Parquet, trials table)
+
+Launching never touches an existing sweep: Tune would overwrite its ``tuner.pkl``. Resuming
+restores Tune's experiment with unfinished and errored trials resumed from their last task
+checkpoint. `status` reads files only (Tune's snapshot and the store), so it works while the
+sweep runs, after it ended, and after its driver died — and it does not import Ray.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from orchestrator.cli import UserError
+from orchestrator.spec import SweepSpec, check_name
+from orchestrator.store import Store, resolve
+
+SWEEP_FILE = "psplab-sweep.json"
+# Set before Ray is imported: no usage reporting; no per-trial CSV/JSON/TensorBoard loggers
+# (every measurement is already in the store, and they cost time); no nagging about the
+# snapshot that a task checkpoint forces.
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    storage: str     # absolute path or URI: Tune's storage_path
+    name: str
+
+    @property
+    def experiment(self) -> str:
+        return posixpath.join(self.storage, self.name)
+
+    @property
+    def store(self) -> str:
+        return posixpath.join(self.experiment, "results")
+
+    @property
+    def sweep_file(self) -> str:
+        return posixpath.join(self.experiment, SWEEP_FILE)
+
+
+def sweep_paths(storage: str, name: str) -> SweepPaths:
+    check_name(name)
+    if "://" not in storage:
+        storage = os.path.abspath(os.path.expanduser(storage))
+    return SweepPaths(storage.rstrip("/"), name)
+
+
+# ---- launch and resume ----------------------------------------------------------------------
+def launch(spec: SweepSpec, *, name: str | None = None, storage: str | None = None,
+           address: str | None = None, resume: bool = False, smoke: bool = False,
+           verbose: int = 1) -> int:
+    """Run every grid point of ``spec``; returns the exit code (0: every trial finished)."""
+    paths = sweep_paths(storage or spec.storage, name or spec.name or "sweep")
+    grid, fixed = spec.axes(smoke=smoke)
+    meta = {"name": paths.name, "store": paths.store, "grid": grid, "fixed": fixed,
+            "resources": spec.resources.model_dump(), "max_concurrent": spec.max_concurrent,
+            "max_failures": spec.max_failures, "checkpoint_keep": spec.checkpoint_keep,
+            "trials": len(spec.trials(smoke=smoke))}
+    if _exists(paths.experiment):
+        if not resume:
+            raise UserError(f"sweep {paths.name!r} exists at {paths.experiment}; continue it with "
+                            f"`psp sweep resume {paths.name} --storage {paths.storage}` (or "
+                            f"`launch --resume`), or pick another --name")
+        old = read_sweep_file(paths)
+        if (old["grid"], old["fixed"]) != (_jsonable(grid), _jsonable(fixed)):
+            raise UserError(f"sweep {paths.name!r} at {paths.experiment} was launched with another "
+                            f"grid; it resumes only as launched: pick another --name")
+        return resume_sweep(paths.name, paths.storage, address=address, verbose=verbose)
+    tune, started = _connect(address)
+    try:
+        _check_resources(meta["resources"], autoscaling=address is not None)
+        Store(paths.store).initialise()
+        _write_json(paths.sweep_file, meta)
+        print(f"sweep {paths.name}: {meta['trials']} trials → {paths.experiment}", flush=True)
+        return _run(_new_tuner(tune, meta, paths, verbose), paths)
+    finally:
+        _disconnect(started)
+
+
+def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose: int = 1) -> int:
+    """Finish a sweep whose driver stopped: unfinished and errored trials resume from their
+    last task checkpoint; finished trials are left alone."""
+    paths = sweep_paths(storage, name)
+    if not _exists(paths.sweep_file):
+        raise UserError(f"no sweep {name!r} under {paths.storage} (looked for {paths.sweep_file})")
+    meta = read_sweep_file(paths)
+    tune, started = _connect(address)
+    try:
+        _check_resources(meta["resources"], autoscaling=address is not None)
+        if tune.Tuner.can_restore(paths.experiment):
+            tuner = tune.Tuner.restore(paths.experiment, trainable=_trainable(tune, meta),
+                                       resume_unfinished=True, resume_errored=True)
+        elif Store(paths.store).read_trials().empty:
+            # The driver died before Tune saved anything: nothing ran, start it afresh.
+            tuner = _new_tuner(tune, meta, paths, verbose)
+        else:
+            raise UserError(f"{paths.experiment}: Tune's state is missing but the store has "
+                            f"rows; launch under another --name")
+        print(f"sweep {name}: resuming {paths.experiment}", flush=True)
+        return _run(tuner, paths)
+    finally:
+        _disconnect(started)
+
+
+def _new_tuner(tune, meta: dict[str, Any], paths: SweepPaths, verbose: int):
+    param_space = {**meta["fixed"],
+                   **{key: tune.search.grid_search(values) for key, values in meta["grid"].items()}}
+    return tune.Tuner(
+        _trainable(tune, meta),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=meta["max_concurrent"],
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=paths.name, storage_path=paths.storage, verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=meta["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=meta["checkpoint_keep"]),
+        ),
+    )
+
+
+def _trainable(tune, meta: dict[str, Any]):
+    from orchestrator.trainable import run_trial
+
+    resources = {"cpu": meta["resources"]["cpu"], "gpu": meta["resources"]["gpu"]}
+    fn = tune.with_parameters(run_trial, sweep=meta["name"], store_uri=meta["store"])
+    fn.__name__ = "psplab"  # Tune names trials and their directories after the trainable
+    return tune.with_resources(fn, resources)
+
+
+def _run(tuner, paths: SweepPaths) -> int:
+    clock = time.perf_counter()
+    results = tuner.fit()
+    states = Counter("ERROR" if r.error else "TERMINATED" for r in results)
+    elapsed = time.perf_counter() - clock
+    print(f"\nsweep {paths.name}: {len(results)} trials, {states['TERMINATED']} finished, "
+          f"{states['ERROR']} failed, in {elapsed:.0f} s")
+    print(f"results:  {paths.store}")
+    print(f"analyse:  psp results {paths.store}")
+    print(f"          psp plots {paths.store} --out results/figures/{paths.name}")
+    print(f"status:   psp sweep status {paths.name} --storage {paths.storage}")
+    if states["ERROR"]:
+        print(f"{states['ERROR']} trial(s) failed after their retries; `psp sweep resume "
+              f"{paths.name} --storage {paths.storage}` retries them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _connect(address: str | None):
+    """Import Ray and connect: an embedded local Ray when no address is given (never a cluster
+    that happens to run on this machine), else the given cluster. Returns (tune, started)."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    from ray import tune
+
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
+        return tune, False
+    if address is None:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)
+    return tune, True
+
+
+def _check_resources(resources: dict[str, float], *, autoscaling: bool) -> None:
+    """Refuse a sweep that could never start here (Tune would wait forever for a GPU); on a
+    cluster, whose autoscaler may add nodes, only warn."""
+    import ray
+
+    have = ray.cluster_resources()
+    missing = [f"{need:g} {kind.upper()}" for kind, need in resources.items()
+               if need > have.get(kind.upper(), 0)]
+    if not missing:
+        return
+    message = (f"each trial needs {' and '.join(missing)}, but this Ray has "
+               f"{have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU")
+    if not autoscaling:
+        raise UserError(message + "; change resources: in the spec or pass --address")
+    print(f"warning: {message}; trials wait until the autoscaler adds such nodes", file=sys.stderr)
+
+
+def _disconnect(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+# ---- files ---------------------------------------------------------------------------------
+def _exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _write_json(uri: str, body: dict[str, Any]) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as handle:
+        handle.write(json.dumps(body, indent=1, sort_keys=True).encode())
+
+
+def _read_json(uri: str) -> Any:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as handle:
+        return json.loads(handle.read())
+
+
+def read_sweep_file(paths: SweepPaths) -> dict[str, Any]:
+    try:
+        return _read_json(paths.sweep_file)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{paths.sweep_file}: cannot read the sweep's record ({exc})") from None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+# ---- status --------------------------------------------------------------------------------
+def sweep_status(name: str, storage: str) -> str:
+    """Trials by state, each trial's progress, and the first line of every error."""
+    paths = sweep_paths(storage, name)
+    if not _exists(paths.experiment):
+        raise UserError(f"no sweep {name!r} under {paths.storage}")
+    meta = read_sweep_file(paths) if _exists(paths.sweep_file) else {"grid": {}}
+    tune_trials, snapshot_age = _tune_trials(paths)
+    store = Store(paths.store)
+    rows = {}
+    if _exists(paths.store):
+        table = store.read_trials()
+        table = table.astype(object).where(table.notna(), None)  # NaN → None
+        rows = {r["trial_id"]: r for r in table.to_dict("records")}
+
+    ids = list(dict.fromkeys([*tune_trials, *rows]))
+    states = Counter(tune_trials.get(t, {}).get("status", "UNKNOWN") for t in ids)
+    lines = [f"sweep {name}: {len(ids)} of {meta.get('trials', len(ids))} trials started  ("
+             + ", ".join(f"{state} {count}" for state, count in sorted(states.items())) + ")"]
+    if snapshot_age is not None:
+        lines.append(f"Tune snapshot {snapshot_age:.0f} s old; progress from the results store")
+    axes = list(meta["grid"])
+    header = f"{'trial':<14}{'tune':<12}{'store':<11}" + "".join(f"{a:<10}" for a in axes) \
+        + f"{'progress':>16}{'attempt':>9}"
+    lines += ["", header]
+    errors = []
+    for trial_id in ids:
+        tune_trial, row = tune_trials.get(trial_id, {}), rows.get(trial_id, {})
+        config = tune_trial.get("config") or row
+        total = (config.get("tasks") or 0) * (config.get("steps_per_task") or 0)
+        done = row.get("steps_done") or 0
+        progress = f"{done}/{total} {100 * done / total:3.0f}%" if total else "?"
+        lines.append(f"{trial_id:<14}{tune_trial.get('status', '?'):<12}{row.get('status', '-'):<11}"
+                     + "".join(f"{str(config.get(a)):<10}" for a in axes)
+                     + f"{progress:>16}{_int(row.get('attempt')):>9}")
+        error = _first_error_line(paths, tune_trial) or row.get("error")
+        if error:
+            errors.append(f"  {trial_id}: {error}")
+    if errors:
+        lines += ["", "errors:", *errors]
+    return "\n".join(lines)
+
+
+def _tune_trials(paths: SweepPaths) -> tuple[dict[str, dict], float | None]:
+    """Trials in Tune's latest experiment snapshot (pinned Ray: experiment_state-*.json)."""
+    fs, root = resolve(paths.experiment)
+    selector = pafs.FileSelector(root, recursive=False)
+    snapshots = sorted((i for i in fs.get_file_info(selector)
+                        if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")),
+                       key=lambda i: i.mtime_ns or 0)
+    if not snapshots:
+        return {}, None
+    latest = snapshots[-1]
+    with fs.open_input_stream(latest.path) as handle:
+        state = json.loads(handle.read())
+    trials = {}
+    for trial_json, metadata_json in state.get("trial_data", []):
+        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+        trials[trial["trial_id"]] = {"status": trial.get("status"), "config": trial.get("config"),
+                                     "dir": trial.get("relative_logdir"),
+                                     "error_file": metadata.get("error_filename"),
+                                     "failures": metadata.get("num_failures", 0)}
+    age = time.time() - latest.mtime_ns / 1e9 if latest.mtime_ns else None
+    return trials, age
+
+
+def _first_error_line(paths: SweepPaths, trial: dict) -> str | None:
+    """Tune's error file: 'Failure # N (occurred at ...)' headers, each followed by the
+    exception. Returns its first line with the exception's last line, and the file's path."""
+    if not trial.get("error_file") or not trial.get("dir"):
+        return None
+    fs, root = resolve(paths.experiment)
+    path = posixpath.join(root, trial["dir"], trial["error_file"])
+    try:
+        with fs.open_input_stream(path) as handle:
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1] if len(lines) > 1 else ""
+    return f"{lines[0]}: {last}  ({path})"
+
+
+def _int(value: Any) -> str:
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return "-"
+
+
+
+# ---- cluster configs -----------------------------------------------------------------------
+class ClusterConfigError(Exception):
+    """A cluster-launcher config that `ray up` would reject; one line naming the key."""
+
+
+def validate_cluster_config(path: str) -> dict[str, Any]:
+    """Check a cluster config the way `ray up` does: Ray's defaults filled in, then Ray's own
+    JSON schema (a private API: valid for the pinned Ray only). Returns the prepared config."""
+    import yaml
+
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ClusterConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise ClusterConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(config, dict):
+        raise ClusterConfigError(f"{path}: a cluster config is a mapping of keys")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # "setting max workers ..."
+
+    try:
+        prepared = prepare_config(config)
+        validate_config(prepared)
+    except jsonschema.ValidationError as exc:
+        location = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ClusterConfigError(f"{path}: {location}: {exc.message}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClusterConfigError(f"{path}: {exc}") from None
+    return prepared

@@ -1,0 +1,66 @@
+"""Shared fixtures. Ray ones start Ray only when a test asks for them (`ray.init` takes ~5 s).
+
+- ``ray_local``: this process connected to a fresh 2-CPU local Ray (session-wide). Never
+  attaches to a cluster another process started on this machine (``address="local"``).
+- ``ray_cluster``: a real multi-node Ray on this machine (`ray.cluster_utils.Cluster`): a head
+  with no CPUs, so every task runs on a worker node, plus two 1-CPU worker nodes. This process
+  does *not* connect to it; drivers (`psp sweep launch --address ...`) run in subprocesses, so
+  a test can kill nodes and drivers like real failures. Tests that remove nodes must leave two
+  live worker nodes behind: use ``ray_cluster_nodes``, which adds them back.
+- ``psp``: run the `psp` command line in a subprocess with a timeout.
+
+Ray processes started for a fixture are stopped by it; the two cannot be used in one session
+together with an in-process driver of the cluster (one `ray.init` per process).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    os.environ.update(RAY_ENV)
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    os.environ.update(RAY_ENV)
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def ray_cluster_nodes(ray_cluster):
+    """``ray_cluster`` for a test that kills worker nodes: two live workers are back after it."""
+    yield ray_cluster
+    for _ in range(2 - len(ray_cluster.worker_nodes)):
+        ray_cluster.add_node(num_cpus=1)
+    ray_cluster.wait_for_nodes()
+
+
+def run_psp(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, **RAY_ENV, **kwargs.pop("env", {})}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, **kwargs)
+
+
+@pytest.fixture
+def psp():
+    return run_psp
