@@ -38,6 +38,7 @@ class TrialConfig(BaseModel):
     penalty_strength: float = Field(0.0, ge=0)
     heads: Literal["single", "multi"] = "single"
     output_units: int = Field(10, ge=2)
+    mask_density: float = Field(0.5, gt=0, le=1)  # SupSup: fraction of weights each mask keeps
     eval_every: int = Field(100, ge=0)          # 0: no periodic evaluation
     eval_all_every: int | None = Field(None, ge=1)  # None: all seen tasks at task boundaries
 

@@ -48,10 +48,20 @@ def build_model(cfg, in_features: int, n_contexts: int) -> nn.Module:
     """The network a TrialConfig asks for, initialised deterministically from cfg.seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
+        # Imported here: resnet and supsup import this module.
+        if cfg.model == "mlp" and cfg.heads == "multi":
+            from trainables.resnet import build_multihead_mlp
+            return build_multihead_mlp(cfg, in_features, n_contexts)
         if cfg.model == "mlp":
             return SuperposedMLP(in_features, cfg.units, cfg.depth, cfg.output_units, psp=cfg.psp,
                                  seed=cfg.seed, learn_context=cfg.learn_context,
                                  n_contexts=n_contexts)
+        if cfg.model == "resnet18":  # in_features: C·H·W or a (C, H, W) shape
+            from trainables.resnet import build_resnet18
+            return build_resnet18(cfg, in_features, n_contexts)
+        if cfg.model == "supsup":
+            from trainables.supsup import build_supsup
+            return build_supsup(cfg, in_features, n_contexts)
     raise ValueError(f"model {cfg.model!r} is not available in this build")
 
 

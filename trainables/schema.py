@@ -48,6 +48,7 @@ PARAM_FIELDS: dict[str, pa.DataType] = {
     "penalty_strength": pa.float64(),
     "heads": pa.string(),            # single | multi
     "output_units": pa.int32(),
+    "mask_density": pa.float64(),   # SupSup: fraction of weights each mask keeps
     "eval_every": pa.int32(),
     "eval_all_every": pa.int32(),    # null: all seen tasks at task boundaries only
 }

@@ -44,4 +44,7 @@ class PermutedStream:
 def build_stream(cfg, dataset: Dataset):
     if cfg.stream == "permuted":
         return PermutedStream(dataset, cfg.seed, cfg.test_examples)
+    if cfg.stream == "incremental":  # iCIFAR: images (N, 3, 32, 32), not flattened
+        from trainables.incremental import build_incremental_stream
+        return build_incremental_stream(cfg, dataset)
     raise ValueError(f"stream {cfg.stream!r} is not available in this build")
