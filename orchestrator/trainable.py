@@ -15,6 +15,7 @@ Why it looks the way it does:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
 import torch
 from ray import tune
 
@@ -75,9 +77,10 @@ def run_trial(config: dict[str, Any], *, sweep: str, store_uri: str) -> None:
 
     def on_task_end(task: int, state: dict[str, Any]) -> None:
         store.write_trial({**row, "steps_done": state["steps_done"]})
-        metrics = {"task": task, "tasks_done": task + 1, "steps_done": state["steps_done"],
+        # Tune's progress table shows the first four metrics.
+        metrics = {"tasks_done": task + 1, "steps_done": state["steps_done"],
                    "acc_task0": last_test.get(0), "acc_current": last_test.get(task),
-                   "attempt": attempt}
+                   "attempt": attempt, "node_id": ray.get_runtime_context().get_node_id()}
         with tempfile.TemporaryDirectory(prefix="psplab-checkpoint-") as directory:
             torch.save({**state, "attempt": attempt, "rng": rng_state()},
                        os.path.join(directory, CHECKPOINT_FILE))
@@ -87,8 +90,9 @@ def run_trial(config: dict[str, Any], *, sweep: str, store_uri: str) -> None:
     try:
         summary = train(cfg, sink, resume=resume, on_task_end=on_task_end)
     except Exception as exc:
-        store.write_trial({**row, "status": "error", "end_time": _now(),
-                           "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]})
+        with contextlib.suppress(Exception):  # never hide the trial's error behind the store's
+            store.write_trial({**row, "status": "error", "end_time": _now(),
+                               "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]})
         raise
     store.write_trial({**row, "status": summary.status, "steps_done": summary.steps_done,
                        "end_time": _now(), "device": summary.device})

@@ -64,3 +64,42 @@ def run_psp(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
 @pytest.fixture
 def psp():
     return run_psp
+
+
+def check_exactly_once(store_root, n_trials: int):
+    """Every (trial, step, split, eval_task) the training loop measures is in the store exactly
+    once, read with pandas alone; one trial per grid point. Returns (steps, trials) frames."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from trainables.config import TrialConfig
+    from trainables.loop import tasks_to_evaluate
+    from trainables.schema import PARAM_FIELDS
+
+    steps = pd.read_parquet(Path(store_root) / "steps")
+    trials = pd.read_parquet(Path(store_root) / "trials")
+    assert len(trials) == n_trials and trials.trial_id.is_unique, trials[["trial_id", "status"]]
+    assert not trials.duplicated([c for c in PARAM_FIELDS if c in trials]).any(), "a grid point ran twice"
+    assert set(steps.trial_id) == set(trials.trial_id)
+    keys = ["trial_id", "step", "split", "eval_task"]
+    duplicated = steps[steps.duplicated(keys, keep=False)]
+    assert duplicated.empty, duplicated[keys + ["attempt"]].head(20)
+    for trial in trials.itertuples():
+        cfg = TrialConfig(**json.loads(trial.config_json))
+        spt = cfg.steps_per_task
+        expected = set()
+        for step in range(1, cfg.total_steps + 1):
+            expected.add((step, "train", None))
+            expected |= {(step, "test", e) for e in tasks_to_evaluate(cfg, step, (step - 1) // spt)}
+        mine = steps[steps.trial_id == trial.trial_id]
+        actual = {(int(s), split, None if pd.isna(e) else int(e))
+                  for s, split, e in zip(mine.step, mine.split, mine.eval_task)}
+        assert actual == expected, (trial.trial_id, sorted(expected - actual)[:5], sorted(actual - expected)[:5])
+    return steps, trials
+
+
+@pytest.fixture
+def exactly_once():
+    return check_exactly_once
