@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# The demo sweep on an embedded Ray (~2 min on 2 cores). --resume makes it rerunnable: a
+# finished sweep is left as it is, an interrupted one is finished; nothing is overwritten.
 demo: $(STAMP)
-	mkdir -p results
-	$(BIN)/psp run --psp binary --units 256 --tasks 5 --steps-per-task 300 --dataset mnist5k \
-	    --out results/demo-run.parquet --force
+	$(BIN)/psp sweep launch sweeps/demo.yaml --name demo --storage results/sweeps --resume
+	$(BIN)/psp plots results/sweeps/demo/results --out results/figures/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

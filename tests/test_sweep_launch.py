@@ -87,3 +87,40 @@ def test_store_reads_back_with_the_project_reader(tmp_path):
     store.write_trial(record)
     assert read_trial_row(store, "abc_00000")["attempt"] == 2
     assert isinstance(store.read_trials(), pd.DataFrame)
+
+
+FAILING = """
+name: failing
+dataset: mnist5k
+steps_per_task: 50
+eval_every: 25
+grid:
+  device: [cpu, "cuda:99"]     # cuda:99 exists nowhere: that trial raises
+fixed: {psp: none, units: 32, tasks: 2, lr: 1.0e+9, optimizer: sgd}   # cpu one diverges
+max_failures: 0
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_diverged_trial_is_a_result_and_an_error_is_reported(tmp_path, ray_local, capsys):
+    """Divergence ends a trial normally (no retry) with its rows up to the NaN; an exception
+    marks it 'error', and `psp sweep status` shows the error file's first line."""
+    from orchestrator.launch import launch, sweep_status
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec(FAILING)
+    assert launch(spec, storage=str(tmp_path), verbose=0) == 1
+    store = tmp_path / "failing" / "results"
+    trials = pd.read_parquet(store / "trials").set_index("device", drop=False)
+    steps = pd.read_parquet(store / "steps")
+    diverged = trials[trials.status == "diverged"].iloc[0]
+    assert diverged.steps_done < 50 and diverged.attempt == 0
+    mine = steps[steps.trial_id == diverged.trial_id]
+    assert mine.step.max() == diverged.steps_done and not mine.duplicated(["step", "split", "eval_task"]).any()
+    failed = trials[trials.status == "error"].iloc[0]
+    assert "cuda" in failed.error.lower() or "CUDA" in failed.error
+    status = sweep_status("failing", str(tmp_path))
+    assert "ERROR 1" in status and "TERMINATED 1" in status
+    error_line = [line for line in status.splitlines() if line.startswith(f"  {failed.trial_id}: ")]
+    assert len(error_line) == 1 and "Failure # 1" in error_line[0] and "error.txt" in error_line[0]
