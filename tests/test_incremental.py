@@ -122,10 +122,33 @@ def test_training_loop_runs_resnet18_on_icifar(monkeypatch, cifar10, cifar100, p
     monkeypatch.setattr(data, "load_cifar100", lambda data_dir=None: cifar100, raising=False)
     cfg = TrialConfig(model="resnet18", units=2, psp=psp, heads=heads, stream="incremental",
                       dataset="cifar", tasks=3, steps_per_task=4, batch_size=8, eval_every=2,
-                      lr=1e-3, device="cpu")
+                      lr=1e-3, device="cpu", threads=1)
     rows = []
     summary = loop.train(cfg, sink=lambda task, r: rows.extend(r))
     assert summary.status == "completed" and summary.steps_done == 12
     final = {r["eval_task"] for r in rows if r["split"] == "test" and r["step"] == 12}
     assert final == {0, 1, 2}
     assert isinstance(build_stream(cfg, cifar10), IncrementalCifarStream)
+
+
+# ---- the sweep spec -------------------------------------------------------------------------
+def test_icifar_spec_is_the_paper_setup_and_its_smoke_runs_without_cifar():
+    """The full grid needs CIFAR files and a GPU; its smoke swaps in permuted mnist5k and a
+    2-channel ResNet, so every model of the grid trains here, through the real loop."""
+    from pathlib import Path
+
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "sweeps" / "icifar.yaml")
+    trials = [TrialConfig(**t) for t in spec.trials()]
+    assert {(t.psp, t.heads) for t in trials} == {("none", "single"), ("binary", "single"),
+                                                  ("none", "multi"), ("binary", "multi")}
+    assert all(t.model == "resnet18" and t.units == 64 and t.stream == "incremental"
+               and t.dataset == "cifar" and t.tasks == 5 and t.steps_per_task == 20_000
+               and t.lr == 1e-3 and t.optimizer == "rmsprop" for t in trials)
+    assert spec.resources.gpu >= 1
+    for smoke in spec.trials(smoke=True):
+        cfg = TrialConfig(**{**smoke, "device": "cpu", "threads": 1})
+        assert cfg.dataset == "mnist5k"
+        summary = loop.train(cfg, sink=lambda task, rows: None)
+        assert summary.status == "completed" and summary.steps_done == cfg.total_steps

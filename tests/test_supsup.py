@@ -59,7 +59,7 @@ def test_alpha_gradient_matches_autograd_of_the_explicit_superposition(monkeypat
     x = torch.randn(8, 12)
     alpha = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15], requires_grad=True)
     masks = model.task_masks(5)
-    weights = [layer.weight * torch.einsum("k,koi->oi", alpha, m.float())
+    weights = [layer.weight * torch.einsum("k,koi->oi", alpha, torch.stack(m).float())
                for layer, m in zip(model.layers, masks)]
     output_entropy(model.forward_weights(x, weights)).backward()
     torch.testing.assert_close(alpha_gradient(model, x, alpha.detach()), alpha.grad,
@@ -111,11 +111,13 @@ def test_one_shot_task_inference_finds_the_task_among_ten():
     tasks = 10
     cfg = TrialConfig(model="supsup", psp="none", units=200, depth=2, tasks=tasks,
                       steps_per_task=100, lr=1e-3, output_units=100, eval_every=0,
-                      dataset="mnist5k", seed=0, threads=2)
+                      dataset="mnist5k", seed=0, threads=1)
     rows, state = [], {}
     train(cfg, sink=lambda task, r: rows.extend(r), on_task_end=lambda task, s: state.update(s))
     final = [r for r in rows if r["split"] == "test" and r["task"] == tasks - 1]
     assert len(final) == tasks and min(r["accuracy"] for r in final) > 0.8  # GG: masks learned
+    task0 = {r["accuracy"] for r in rows if r["split"] == "test" and r["eval_task"] == 0}
+    assert len(task0) == 1  # no forgetting at all: task 0's mask never changes after task 0
 
     model = build_model(cfg, 784, tasks)
     model.load_state_dict(state["model"])
@@ -132,3 +134,33 @@ def test_one_shot_task_inference_finds_the_task_among_ten():
     if infer_rows:  # the loop's extra_eval_rows hook is present
         assert len(infer_rows) == tasks
         assert sum(r["accuracy"] for r in infer_rows) / tasks > 0.9
+
+
+def test_frozen_masks_are_cached_until_the_scores_change():
+    model = SupSupMLP(6, 5, 1, 4, n_tasks=2, seed=6)
+    layer = model.layers[0]
+    first = layer.frozen_mask(1)
+    assert layer.frozen_mask(1) is first  # reused across evaluations
+    assert torch.equal(first, layer.mask(1).bool())
+    with torch.no_grad():
+        layer.scores[1].mul_(-1).add_(torch.randn(5, 6))  # an optimizer step, in place
+    assert torch.equal(layer.frozen_mask(1), layer.mask(1).bool())
+    assert layer.frozen_mask(1) is not first
+
+
+def test_supsup_spec_is_valid_and_its_smoke_runs():
+    from pathlib import Path
+
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "sweeps" / "supsup.yaml")
+    trials = [TrialConfig(**t) for t in spec.trials()]
+    assert {t.output_units for t in trials} == {10, 100, 500}  # superfluous-neuron ablation
+    assert all(t.model == "supsup" and t.psp == "none" and t.tasks >= 100 for t in trials)
+    (smoke,) = spec.trials(smoke=True)
+    cfg = TrialConfig(**{**smoke, "device": "cpu", "threads": 1})
+    rows = []
+    summary = train(cfg, sink=lambda task, r: rows.extend(r))
+    assert summary.status == "completed"
+    assert {r["eval_task"] for r in rows if r["split"] == "test" and r["task"] == cfg.tasks - 1} \
+        == set(range(cfg.tasks))

@@ -95,6 +95,8 @@ class SupermaskLinear(nn.Module):
                                                                          generator=generator))
             for _ in range(n_tasks)
         )
+        # Masks of tasks no longer trained are fixed: inference at every evaluation reuses them.
+        self._frozen: dict[int, tuple[tuple, torch.Tensor]] = {}
 
     def mask(self, task: int) -> torch.Tensor:
         """M_task, (out, in) float 0/1, differentiable into the scores by straight-through."""
@@ -104,6 +106,17 @@ class SupermaskLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask(task))  # (B, out)
+
+    def frozen_mask(self, task: int) -> torch.Tensor:
+        """M_task as (out, in) bool, no gradient; recomputed only when the scores have changed
+        (every in-place update — optimizer step, load_state_dict — bumps the tensor's version)."""
+        scores = self.scores[task]
+        key = (scores._version, scores.data_ptr(), scores.device)
+        cached = self._frozen.get(task)
+        if cached is None or cached[0] != key:
+            cached = (key, topk_mask(scores, self.n_keep))
+            self._frozen[task] = cached
+        return cached[1]
 
 
 class SupSupMLP(nn.Module):
@@ -138,10 +151,9 @@ class SupSupMLP(nn.Module):
         return self.forward_weights(x, [layer.weight * layer.mask(task) for layer in self.layers])
 
     @torch.no_grad()
-    def task_masks(self, n_tasks: int) -> list[torch.Tensor]:
-        """The masks of tasks 0..n_tasks−1, per layer: (n_tasks, out, in) bool."""
-        return [torch.stack([topk_mask(layer.scores[k], layer.n_keep) for k in range(n_tasks)])
-                for layer in self.layers]
+    def task_masks(self, n_tasks: int) -> list[list[torch.Tensor]]:
+        """The masks of tasks 0..n_tasks−1: per layer, a list of (out, in) bool tensors."""
+        return [[layer.frozen_mask(k) for k in range(n_tasks)] for layer in self.layers]
 
     def extra_eval_rows(self, x_test: torch.Tensor, y_test: torch.Tensor, eval_task: int,
                         step: int, task: int) -> list[dict]:
@@ -169,8 +181,13 @@ def output_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1).mean()
 
 
+def _chunk(masks: list[torch.Tensor], start: int) -> torch.Tensor:
+    """Masks start..start+_CHUNK−1 of one layer as a float matrix (c, out·in)."""
+    return torch.stack(masks[start:start + _CHUNK]).flatten(1).float()
+
+
 def alpha_gradient(model: SupSupMLP, x: torch.Tensor, alpha: torch.Tensor,
-                   masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+                   masks: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
     """∂H/∂α_k of the superposed network W ⊙ Σ_k α_k M_k at α (K,), for k < K: shape (K,).
 
     masks: ``model.task_masks(K)`` when already computed (reused across test batches).
@@ -178,13 +195,12 @@ def alpha_gradient(model: SupSupMLP, x: torch.Tensor, alpha: torch.Tensor,
     n_tasks = len(alpha)
     if masks is None:
         masks = model.task_masks(n_tasks)
-    alpha = alpha.to(masks[0].device, torch.float32)
+    alpha = alpha.to(model.layers[0].weight.device, torch.float32)
     effective = []
     for layer, m in zip(model.layers, masks):
-        mix = torch.zeros(m.shape[1:], device=m.device)  # (out, in): Σ_k α_k M_k
+        mix = torch.zeros(layer.weight.shape, device=alpha.device)  # (out, in): Σ_k α_k M_k
         for start in range(0, n_tasks, _CHUNK):
-            chunk = m[start:start + _CHUNK].flatten(1).float()  # (c, out·in)
-            mix += (alpha[start:start + _CHUNK] @ chunk).view_as(mix)
+            mix += (alpha[start:start + _CHUNK] @ _chunk(m, start)).view_as(mix)
         effective.append((layer.weight * mix).requires_grad_())  # E_l, a leaf
     with torch.enable_grad():
         entropy = output_entropy(model.forward_weights(x, effective))
@@ -193,12 +209,12 @@ def alpha_gradient(model: SupSupMLP, x: torch.Tensor, alpha: torch.Tensor,
     for layer, m, g in zip(model.layers, masks, grads):
         gw = (g * layer.weight).flatten()  # ∂H/∂E_l ⊙ W_l, (out·in,)
         for start in range(0, n_tasks, _CHUNK):
-            total[start:start + _CHUNK] += m[start:start + _CHUNK].flatten(1).float() @ gw
+            total[start:start + _CHUNK] += _chunk(m, start) @ gw
     return total
 
 
 def infer_task_one_shot(model: SupSupMLP, x: torch.Tensor, n_tasks: int,
-                        masks: list[torch.Tensor] | None = None) -> int:
+                        masks: list[list[torch.Tensor]] | None = None) -> int:
     """SupSup one-shot: α = 1/K, the task is argmin_k ∂H/∂α_k. x: one batch (B, ...)."""
     if n_tasks == 1:
         return 0
@@ -207,7 +223,7 @@ def infer_task_one_shot(model: SupSupMLP, x: torch.Tensor, n_tasks: int,
 
 
 def infer_task_binary(model: SupSupMLP, x: torch.Tensor, n_tasks: int,
-                      masks: list[torch.Tensor] | None = None) -> int:
+                      masks: list[list[torch.Tensor]] | None = None) -> int:
     """SupSup binary search: α uniform over the remaining candidates, keep the ⌈n/2⌉ with the
     smallest ∂H/∂α_k, repeat until one remains (⌈log2 K⌉ gradient evaluations)."""
     if masks is None:
