@@ -110,12 +110,8 @@ class SweepSpec(BaseModel):
         """Every grid point as a complete, validated config dict (grid order: first axis slowest)."""
         grid, fixed = self.axes(smoke=smoke)
         keys = list(grid)
-        return [_dump(TrialConfig(**fixed, **dict(zip(keys, values))))
+        return [TrialConfig(**fixed, **dict(zip(keys, values))).model_dump()
                 for values in itertools.product(*grid.values())]
-
-
-def _dump(cfg: TrialConfig) -> dict[str, Any]:
-    return cfg.model_dump()
 
 
 # ---- loading and checking ------------------------------------------------------------------

@@ -39,7 +39,9 @@ def register(subparsers) -> None:
     resume.add_argument("name", metavar="NAME")
     resume.add_argument("--storage", default=DEFAULT_STORAGE, help=f"default {DEFAULT_STORAGE}")
     resume.add_argument("--address", default=None, help="Ray cluster (default: embedded local Ray)")
-    resume.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    resume.add_argument("--quiet", action="store_true",
+                        help="no Tune progress table (a restored sweep keeps the verbosity it "
+                             "was launched with)")
     resume.set_defaults(func=cmd_resume)
 
     status = commands.add_parser("status", help="trials by state, progress and errors")
