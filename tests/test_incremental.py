@@ -1,6 +1,8 @@
 """The incremental CIFAR stream (PSP §4.2) on tiny fake CIFAR-format datasets (never downloaded)."""
 import itertools
+import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,20 +117,43 @@ def test_build_stream_checks_the_config(cifar10, cifar100):
                                  cifar100=cifar100)
 
 
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    """A data directory of tiny CIFAR-10 and CIFAR-100 files in the official pickle format:
+    CIFAR-10 10 training images per batch file (5 files) and 20 test images; CIFAR-100 two
+    training and one test image per class (fine labels)."""
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(0)
+
+    def write(path, n, key, classes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 key: [i % classes for i in range(n)]}
+        with open(path, "wb") as handle:
+            pickle.dump(batch, handle)
+
+    for i in range(1, 6):
+        write(root / "cifar-10-batches-py" / f"data_batch_{i}", 10, b"labels", 10)
+    write(root / "cifar-10-batches-py" / "test_batch", 20, b"labels", 10)
+    write(root / "cifar-100-python" / "train", 200, b"fine_labels", 100)
+    write(root / "cifar-100-python" / "test", 100, b"fine_labels", 100)
+    return root
+
+
 @pytest.mark.parametrize("psp,heads", [("binary", "single"), ("none", "multi")])
-def test_training_loop_runs_resnet18_on_icifar(monkeypatch, cifar10, cifar100, psp, heads):
-    """End to end through the loop, with the fake datasets standing in for the files."""
-    monkeypatch.setattr(loop, "load_dataset", lambda name, data_dir=None: cifar10)
-    monkeypatch.setattr(data, "load_cifar100", lambda data_dir=None: cifar100, raising=False)
+def test_training_loop_runs_resnet18_on_icifar_files(cifar_dir, psp, heads):
+    """End to end through the loop and the data loaders, on fake CIFAR files."""
     cfg = TrialConfig(model="resnet18", units=2, psp=psp, heads=heads, stream="incremental",
                       dataset="cifar", tasks=3, steps_per_task=4, batch_size=8, eval_every=2,
-                      lr=1e-3, device="cpu", threads=1)
+                      lr=1e-3, device="cpu", threads=1, data_dir=str(cifar_dir))
     rows = []
     summary = loop.train(cfg, sink=lambda task, r: rows.extend(r))
     assert summary.status == "completed" and summary.steps_done == 12
-    final = {r["eval_task"] for r in rows if r["split"] == "test" and r["step"] == 12}
-    assert final == {0, 1, 2}
-    assert isinstance(build_stream(cfg, cifar10), IncrementalCifarStream)
+    final = {r["eval_task"]: r["n_examples"] for r in rows
+             if r["split"] == "test" and r["step"] == 12}
+    assert final == {0: 20, 1: 10, 2: 10}  # CIFAR-10's test set, then ten CIFAR-100 classes each
+    stream = build_stream(cfg, data.load_dataset("cifar", str(cifar_dir)))
+    assert isinstance(stream, IncrementalCifarStream) and stream.image_shape == (3, 32, 32)
 
 
 # ---- the sweep spec -------------------------------------------------------------------------

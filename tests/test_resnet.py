@@ -12,6 +12,15 @@ from trainables.resnet import MultiHeadNet, SuperposedResNet18, image_shape
 WIDTH = 4  # narrow: 4-8-16-32 channels
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions: with other processes on the 2 cores, 2-thread OpenMP is far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class PlainBlock(nn.Module):
     """A textbook BasicBlock from nn.Conv2d, written independently as the reference."""
 

@@ -123,17 +123,15 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = PAD) -
 
 def build_incremental_stream(cfg, dataset: Dataset, *, cifar100: Dataset | None = None):
     """iCIFAR for a TrialConfig. ``dataset`` is the loop's dataset (CIFAR-10, from
-    ``load_dataset('cifar', data_dir)``); CIFAR-100 is read from cfg.data_dir unless given."""
+    ``load_dataset('cifar', data_dir)``); CIFAR-100 is read from cfg.data_dir unless given
+    (``data_dir/cifar-100-python/``, see trainables.data)."""
     if cfg.dataset != "cifar":
         raise ValueError(f"stream 'incremental' needs dataset 'cifar', not {cfg.dataset!r}")
     if cfg.tasks > MAX_TASKS:
         raise ValueError(f"iCIFAR has at most {MAX_TASKS} tasks (CIFAR-10 + 10 CIFAR-100 splits), "
                          f"not {cfg.tasks}")
     if cifar100 is None:
-        from trainables import data
+        from trainables.data import load_dataset  # cached per process, like the loop's dataset
 
-        loader = getattr(data, "load_cifar100", None)
-        if loader is None:
-            raise data.DataError("CIFAR-100 loading (trainables.data.load_cifar100) is not in this build")
-        cifar100 = loader(cfg.data_dir).to(dataset.train_x.device)
+        cifar100 = load_dataset("cifar100", cfg.data_dir).to(dataset.train_x.device)
     return IncrementalCifarStream(dataset, cifar100, cfg.seed, test_examples=cfg.test_examples)
