@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PSP_TYPES = ("none", "binary", "complex", "onepower", "rotation")
 DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar")
+ROTATION_PERIOD = 1000  # rotating streams turn 360° every this many steps (PSP §4.1.3)
 
 
 class TrialConfig(BaseModel):
@@ -32,7 +33,10 @@ class TrialConfig(BaseModel):
     stream: Literal["permuted", "rotating", "incremental"] = "permuted"
     learn_context: bool = False
     context_schedule: Literal["task", "cycle", "fast", "local_mix"] = "task"
-    context_every: int = Field(100, ge=1)
+    context_every: int = Field(100, ge=1)       # cycle: steps per context
+    # Contexts of the cycle/fast/local_mix schedules. When not given: one rotation period holds
+    # them all, ROTATION_PERIOD // context_every for cycle (10) and ROTATION_PERIOD for
+    # fast/local_mix (1000); under the task schedule it is unused (10).
     n_contexts: int = Field(10, ge=1)
     penalty: Literal["none", "ewc", "si"] = "none"
     penalty_strength: float = Field(0.0, ge=0)
@@ -47,6 +51,30 @@ class TrialConfig(BaseModel):
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     test_examples: int | None = Field(None, ge=1)  # cap on test images per task (None: all)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_n_contexts(cls, data):
+        if isinstance(data, dict) and data.get("n_contexts") is None:
+            schedule = data.get("context_schedule", "task")
+            every = data.get("context_every", 100)
+            if schedule == "cycle" and isinstance(every, int) and every >= 1:
+                data = {**data, "n_contexts": max(1, ROTATION_PERIOD // every)}
+            elif schedule in ("fast", "local_mix"):
+                data = {**data, "n_contexts": ROTATION_PERIOD}
+        return data
+
+    @model_validator(mode="after")
+    def _schedules_and_penalties(self) -> "TrialConfig":
+        if self.stream == "rotating" and self.dataset not in ("mnist5k", "mnist", "fashion_mnist"):
+            raise ValueError(f"stream 'rotating' needs dataset mnist5k, mnist or fashion_mnist, "
+                             f"not {self.dataset!r}")
+        if self.context_schedule == "local_mix" and (self.psp != "complex" or self.learn_context):
+            raise ValueError("context_schedule 'local_mix' mixes fixed complex phases: it needs "
+                             "psp 'complex' and learn_context false")
+        if self.penalty == "none" and self.penalty_strength:
+            raise ValueError("penalty_strength is set but penalty is 'none'")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrialConfig":

@@ -38,11 +38,15 @@ def binary_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
     return torch.randint(0, 2, (dim,), generator=g).float().mul_(2).sub_(1)
 
 
+def complex_phase(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
+    """The phases φ(k) ~ U[−π, π) of pspComplex's context k. Shape (dim,) float32."""
+    g = generator(seed, "complex", layer, index)
+    return torch.rand(dim, generator=g).mul_(2 * math.pi).sub_(math.pi)
+
+
 def complex_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
     """pspComplex: c_k^j = e^{iφ_j(k)}, φ_j(k) ~ U[−π, π]; y = W (c_k ⊙ x). Shape (dim,) complex64."""
-    g = generator(seed, "complex", layer, index)
-    phase = torch.rand(dim, generator=g).mul_(2 * math.pi).sub_(math.pi)
-    return torch.polar(torch.ones(dim), phase)
+    return torch.polar(torch.ones(dim), complex_phase(seed, layer, index, dim))
 
 
 def onepower_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
@@ -82,6 +86,27 @@ CONTEXT_FUNCTIONS = {
 
 def make_context(psp: str, seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
     return CONTEXT_FUNCTIONS[psp](seed, layer, index, dim)
+
+
+def local_mix_context(psp: str, seed: int, layer: int, index: int, dim: int,
+                      n_contexts: int) -> torch.Tensor:
+    """pspFastLocalMix (PSP §4.1.3): context k mixes the phases of its neighbours in time,
+
+        c_k^j = exp(i · (φ_j(k−1) + φ_j(k) + φ_j(k+1)) / 3),   magnitude 1,
+
+    φ(k) the phases of pspComplex's context k (``complex_phase``), indices taken mod n_contexts
+    so that the cycle wraps (context 0's neighbours are n_contexts−1 and 1). The mean is the
+    arithmetic mean of the angles in [−π, π), as the reference code takes it, not a circular
+    mean. Consecutive contexts share two of their three phase draws, so the contexts of nearby
+    steps — which see nearly the same rotation — are correlated. Shape (dim,) complex64; the
+    signature is make_context's plus n_contexts (bind it with functools.partial).
+    """
+    if psp != "complex":
+        raise ValueError(f"local_mix mixes complex phases: psp must be 'complex', not {psp!r}")
+    neighbours = [(index + shift) % n_contexts for shift in (-1, 0, 1)]
+    phases = [complex_phase(seed, layer, k, dim).double() for k in neighbours]
+    mean = ((phases[0] + phases[1] + phases[2]) / 3).float()  # (dim,)
+    return torch.polar(torch.ones(dim), mean)
 
 
 def bind(x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -43,8 +43,17 @@ class ContextBank(nn.Module):
             self.learned = nn.Parameter(torch.view_as_real(initial).clone() if initial.is_complex()
                                         else initial)
         self._cache: dict[int, torch.Tensor] = {}
+        self.make = make_context  # (psp, seed, layer, index, dim) -> context; see use_function
         # Moves with .to(device), so regenerated contexts land where the weights are.
         self.register_buffer("_anchor", torch.empty(0), persistent=False)
+
+    def use_function(self, make) -> None:
+        """Generate this layer's fixed contexts with ``make(psp, seed, layer, index, dim)``
+        instead of make_context (the local_mix context schedule mixes neighbouring phases)."""
+        if self.learned is not None:
+            raise ValueError("learned contexts are parameters; they are not regenerated")
+        self.make = make
+        self._cache.clear()
 
     def forward(self, index: int) -> torch.Tensor:
         if self.learned is not None:
@@ -53,11 +62,18 @@ class ContextBank(nn.Module):
         cached = self._cache.get(index)
         device = self._anchor.device
         if cached is None or cached.device != device:
-            cached = make_context(self.psp, self.seed, self.layer, index, self.dim).to(device)
+            cached = self.make(self.psp, self.seed, self.layer, index, self.dim).to(device)
             if cached.numel() * cached.element_size() * (len(self._cache) + 1) > _CACHE_BYTES:
                 self._cache.clear()
             self._cache[index] = cached
         return cached
+
+
+def use_context_function(model: nn.Module, make) -> None:
+    """Every ContextBank of ``model`` generates its contexts with ``make`` (see use_function)."""
+    for module in model.modules():
+        if isinstance(module, ContextBank):
+            module.use_function(make)
 
 
 def _complex_init(out_features: int, fan_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

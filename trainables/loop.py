@@ -2,26 +2,36 @@
 
     summary = train(TrialConfig(psp="binary", units=256, tasks=5), sink=lambda task, rows: ...)
 
-Tasks arrive one after another (a new one every ``steps_per_task`` updates); the context switches
-with the task. Measurements leave through ``sink(task, rows)``, called once per task with that
-task's rows (schema: trainables.schema.MEASUREMENT_FIELDS), so tests collect them in a list and
-the orchestrator writes one Parquet chunk per call. ``on_task_end(task, state)`` is called after
+Tasks arrive one after another (a new one every ``steps_per_task`` updates). The context follows
+the task, or a schedule of its own (``context_at``); on a rotating stream, whose data has no task
+boundary, tasks are only chunks of steps for measuring and checkpointing. Measurements leave
+through ``sink(task, rows)``, called once per task with that task's rows (schema:
+trainables.schema.MEASUREMENT_FIELDS), so tests collect them in a list and the orchestrator
+writes one Parquet chunk per call. ``on_task_end(task, state)`` is called after
 the sink, with everything needed to resume at the next task boundary.
+
+Optional parts, one or two lines each in ``train``: an EWC or SI penalty (trainables.penalties)
+added to the optimised objective — the rows record the task loss; and a model method
+``extra_eval_rows(x_test, y_test, eval_task, step, task) -> rows`` called at every evaluation
+(SupSup's task-inference rows).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from trainables.config import TrialConfig
-from trainables.contexts import generator
+from trainables.contexts import generator, local_mix_context
 from trainables.data import load_dataset
+from trainables.layers import use_context_function
 from trainables.models import build_model
+from trainables.penalties import FISHER_EXAMPLES, build_penalty
 from trainables.streams import build_stream
 
 Sink = Callable[[int, list[dict]], None]
@@ -62,13 +72,34 @@ def batch_indices(cfg: TrialConfig, task: int, n_examples: int, device: torch.de
 
 
 def context_at(cfg: TrialConfig, step: int, task: int) -> int:
-    """The context index in use at update ``step`` (1-based) while training ``task``."""
-    return task
+    """The context index in use at update ``step`` (1-based) while training ``task``.
+
+    task:      the task's own context.
+    cycle:     a new context every context_every steps, n_contexts of them in turn, reused
+               (the paper: every 100 steps, the same 10 in each 1000-step rotation).
+    fast, local_mix: a new context every step, reused every n_contexts steps (pspFast; local_mix
+               differs only in how the layers generate context k: see local_mix_context).
+    """
+    if cfg.context_schedule == "task":
+        return task
+    if cfg.context_schedule == "cycle":
+        return (step - 1) // cfg.context_every % cfg.n_contexts
+    return (step - 1) % cfg.n_contexts
 
 
 def eval_context(cfg: TrialConfig, eval_task: int) -> int:
-    """The context used to test ``eval_task`` (its own, under the per-task schedule)."""
-    return eval_task
+    """The context used to test ``eval_task``: its own under the task schedule; otherwise the
+    context in use at the task's last step. On a rotating stream whose tasks are whole rotation
+    periods that is the context of the 0° images — the angle the test set is shown at."""
+    if cfg.context_schedule == "task":
+        return eval_task
+    return context_at(cfg, (eval_task + 1) * cfg.steps_per_task, eval_task)
+
+
+def contexts_needed(cfg: TrialConfig) -> int:
+    """How many contexts the model holds (learned contexts, heads, masks): one per task under
+    the task schedule, n_contexts under the others."""
+    return cfg.tasks if cfg.context_schedule == "task" else cfg.n_contexts
 
 
 def tasks_to_evaluate(cfg: TrialConfig, step: int, task: int) -> list[int]:
@@ -109,18 +140,23 @@ def train(cfg: TrialConfig, sink: Sink, *, resume: dict[str, Any] | None = None,
 
     dataset = load_dataset(cfg.dataset, cfg.data_dir).to(device)
     stream = build_stream(cfg, dataset)
-    model = build_model(cfg, stream.in_features, n_contexts=cfg.tasks).to(device)
+    model = build_model(cfg, stream.in_features, n_contexts=contexts_needed(cfg)).to(device)
+    if cfg.context_schedule == "local_mix":  # context k mixes the phases of k−1, k, k+1
+        use_context_function(model, partial(local_mix_context, n_contexts=cfg.n_contexts))
     optimizer = make_optimizer(cfg, model.parameters())
     first_task = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         first_task = resume["next_task"]
+    penalty = build_penalty(cfg, model)  # EWC / SI, or None
+    if penalty is not None and resume is not None:
+        penalty.load_state_dict(resume["penalty"])
 
     spt, batch = cfg.steps_per_task, cfg.batch_size
     steps_done = first_task * spt
     for task in range(first_task, cfg.tasks):
-        x_task, y_task = stream.train_set(task)                  # (N, D), (N,) on device
+        x_task, y_task = stream.train_set(task)  # (N, D) or images (N, C, H, W), (N,); on device
         indices = batch_indices(cfg, task, len(y_task), device)   # (spt, B)
         # Per-step measurements stay on the device until the task ends: no host sync per step.
         losses = torch.empty(spt, device=device)
@@ -134,10 +170,13 @@ def train(cfg: TrialConfig, sink: Sink, *, resume: dict[str, Any] | None = None,
             context = context_at(cfg, step, task)
             xb, yb = stream.batch(x_task, y_task, indices[i], step)  # (B, D), (B,)
             logits = model(xb, context)                               # (B, classes)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(logits, yb)                        # the task loss, recorded
+            objective = loss if penalty is None else loss + penalty.penalty(model)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimizer.step()
+            if penalty is not None:
+                penalty.after_step(model)                             # SI: path integral ω
 
             losses[i] = loss.detach()
             correct[i] = (logits.argmax(1) == yb).sum()
@@ -154,6 +193,8 @@ def train(cfg: TrialConfig, sink: Sink, *, resume: dict[str, Any] | None = None,
                     test_loss, accuracy = evaluate(model, x_test, y_test, eval_context(cfg, eval_task))
                     test_rows.append(_test_row(step, task, context, eval_task, test_loss,
                                                accuracy, len(y_test)))
+                    if hasattr(model, "extra_eval_rows"):  # e.g. SupSup's task inference
+                        test_rows += model.extra_eval_rows(x_test, y_test, eval_task, step, task)
         if bar is not None:
             bar.close()
 
@@ -165,11 +206,16 @@ def train(cfg: TrialConfig, sink: Sink, *, resume: dict[str, Any] | None = None,
             rows += [r for r in test_rows if r["step"] < bad_step]
             sink(task, rows)
             return TrialSummary("diverged", bad_step, task, str(device), diverged_at_step=bad_step)
+        if penalty is not None:  # consolidate: EWC's Fisher from the task's last batches; SI's Ω
+            last = indices[-math.ceil(FISHER_EXAMPLES / batch):].flatten()  # (k·B,): last k batches
+            sample = stream.batch(x_task, y_task, last, step)                # as trained on
+            penalty.end_task(model, sample, eval_context(cfg, task))
         sink(task, train_rows + test_rows)
         steps_done = (task + 1) * spt
         if on_task_end is not None:
             on_task_end(task, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "next_task": task + 1, "steps_done": steps_done})
+                               "next_task": task + 1, "steps_done": steps_done,
+                               "penalty": None if penalty is None else penalty.state_dict()})
     return TrialSummary("completed", steps_done, cfg.tasks, str(device))
 
 
