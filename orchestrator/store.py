@@ -2,27 +2,39 @@
 
 Layout under the store root (a local path or a ``pyarrow.fs`` URI such as ``s3://bucket/x``)::
 
-    _psplab.json                        # schema version; '_' keeps it out of dataset reads
+    _psplab.json                           # schema version; '_' keeps it out of dataset reads
     steps/<trial_id>/task-000003.parquet   # one file per (trial, task chunk)
     trials/<trial_id>.parquet              # one row: the trial's parameters and status
+    _quarantine/<timestamp>/...            # files `psp fsck --repair` moved aside
 
-Exactly-once by construction: a chunk's name is a function of (trial, task), so a trial that is
-retried from a checkpoint *replaces* the chunks it writes again instead of adding to them. Each
-file is written under a hidden temporary name and renamed (readers skip names starting with '.'),
-or, on object stores, written with a single PUT, so a killed writer never leaves a partial
-file where readers look. ``pandas.read_parquet(root / "steps")`` works with no psplab code.
+Guarantees (each proved by a test, see tests/test_killed_writers.py and friends):
+
+* All-or-nothing chunks. Each file is written under a hidden temporary name (``.tmp-…``) and
+  renamed; readers skip names starting with '.' or '_'. On object stores, where there is no
+  rename, a file is one PUT, which is atomic. A writer killed at any point leaves either the
+  complete new file, the complete old one, or an invisible ``.tmp-…`` leftover that
+  ``psp fsck`` reports and ``--repair`` moves aside.
+* Exactly-once by construction. A chunk's name is a function of (trial, task), so a trial
+  retried from a checkpoint *replaces* the chunks it writes again instead of adding to them;
+  readers also keep only the latest ``attempt`` of any measurement seen twice.
+* Bounded retries. A failed write is retried ``write_retries`` times with exponential backoff,
+  then raises StoreError naming the file; a write that raised left nothing new visible.
+* ``pandas.read_parquet(root / "steps")`` works with no psplab code.
 """
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -30,25 +42,90 @@ import pyarrow.parquet as pq
 from trainables import schema
 
 MANIFEST = "_psplab.json"
+QUARANTINE = "_quarantine"
+TMP_PREFIX = ".tmp-"
+CHUNK_NAME = re.compile(r"task-(\d{6})\.parquet")
 OBJECT_STORES = {"s3", "gcs"}
+# A trial id becomes a directory and a file name: no separators, no leading '.'/'_' (which
+# would hide it from readers) and no '=' (which pandas would read as a hive partition).
+TRIAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# Query parameters psplab takes off an s3:// URI and applies itself (pyarrow rejects them).
+S3_TIMEOUTS = ("connect_timeout", "request_timeout", "retries")
+
+_sleep = time.sleep  # the backoff's clock; tests replace it to observe the delays
 
 
 class StoreError(RuntimeError):
     """The store cannot be read or written; the message names the URI or file."""
 
 
+# ---- resolving a URI -------------------------------------------------------------------------
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A store URI or local path → (filesystem, path inside it)."""
+    """A store URI or local path → (filesystem, path inside it).
+
+    ``s3://`` URIs may carry ``connect_timeout``, ``request_timeout`` (seconds) and ``retries``
+    (attempts per request, at least 1): without them an unreachable endpoint costs the AWS SDK's
+    default retries, several seconds per request, before it fails.
+    """
+    target, timeouts = _split_s3_timeouts(uri) if "://" in uri else (_abspath(uri), {})
     try:
-        return pafs.FileSystem.from_uri(uri if "://" in uri else _abspath(uri))
-    except (pa.ArrowInvalid, OSError, ValueError) as exc:
-        raise StoreError(f"storage {uri!r}: {exc}") from exc
+        fs, path = pafs.FileSystem.from_uri(target)
+        if timeouts:
+            fs = _s3_with_timeouts(fs, timeouts)
+    except (pa.ArrowInvalid, OSError, ValueError, TypeError) as exc:
+        raise StoreError(f"storage {uri!r}: {_one_line(exc)}") from exc
+    return fs, path
+
+
+def _split_s3_timeouts(uri: str) -> tuple[str, dict[str, float]]:
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.query:
+        return uri, {}
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    timeouts = {}
+    for key, value in query:
+        if key in S3_TIMEOUTS:
+            try:
+                timeouts[key] = float(value)
+            except ValueError:
+                raise StoreError(f"storage {uri!r}: {key} must be a number, got {value!r}") from None
+    rest = urlencode([(k, v) for k, v in query if k not in S3_TIMEOUTS])
+    return urlunsplit(parts._replace(query=rest)), timeouts
+
+
+def _s3_with_timeouts(fs: pafs.FileSystem, timeouts: Mapping[str, float]) -> pafs.FileSystem:
+    """The same S3 filesystem (credentials, region, endpoint) with psplab's timeouts applied."""
+    rebuild, args = fs.__reduce__()  # S3FileSystem pickles as (reconstruct, (options,))
+    options = dict(args[0])
+    for key in ("connect_timeout", "request_timeout"):
+        if key in timeouts:
+            options[key] = timeouts[key]
+    if "retries" in timeouts:
+        options["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(
+            max_attempts=max(1, int(timeouts["retries"])))
+    return rebuild(options)
 
 
 def _abspath(path: str) -> str:
     import os
 
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line short enough to read (libhdfs lists every path it tried)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def check_trial_id(trial_id: str) -> str:
+    """Refuse a trial id that would escape its directory or hide from readers."""
+    if not isinstance(trial_id, str) or not TRIAL_ID.fullmatch(trial_id):
+        raise StoreError(
+            f"trial_id {trial_id!r}: must be 1-200 of [A-Za-z0-9._-], starting with a letter or "
+            f"digit (it names a directory)"
+        )
+    return trial_id
 
 
 class Store:
@@ -59,8 +136,9 @@ class Store:
         self.uri = uri
         if filesystem is None:
             self.fs, self.root = resolve(uri)
-        else:  # tests wrap the filesystem to inject faults
-            self.fs, self.root = filesystem, _abspath(uri) if "://" not in uri else resolve(uri)[1]
+        else:  # e.g. orchestrator.faults wraps the filesystem to inject faults
+            self.fs = filesystem
+            self.root = resolve(uri)[1] if "://" in uri else _abspath(uri)
         self.write_retries = write_retries
         self.retry_backoff_s = retry_backoff_s
 
@@ -77,7 +155,16 @@ class Store:
         return self.path("trials")
 
     def chunk_path(self, trial_id: str, task: int) -> str:
-        return self.path("steps", trial_id, f"task-{task:06d}.parquet")
+        return self.path("steps", check_trial_id(trial_id), f"task-{int(task):06d}.parquet")
+
+    def trial_path(self, trial_id: str) -> str:
+        return self.path("trials", f"{check_trial_id(trial_id)}.parquet")
+
+    @staticmethod
+    def tmp_path(path: str) -> str:
+        """Where ``path`` is written before its rename: same directory, hidden from readers."""
+        directory, name = posixpath.split(path)
+        return posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
 
     # ---- writing -----------------------------------------------------------------------
     def initialise(self) -> None:
@@ -88,58 +175,83 @@ class Store:
         manifest = self.path(MANIFEST)
         if self.fs.get_file_info(manifest).type == pafs.FileType.NotFound:
             body = json.dumps({"schema_version": schema.SCHEMA_VERSION}).encode()
-            self._retry(lambda: self._put_bytes(manifest, body), manifest)
+            self._retry(lambda: self._atomic_put(manifest, body), manifest)
 
-    def check_version(self) -> None:
+    def manifest_version(self) -> int | None:
+        """The schema version in the manifest (None: no manifest yet)."""
         manifest = self.path(MANIFEST)
         try:
             info = self.fs.get_file_info(manifest)
+            if info.type == pafs.FileType.NotFound:
+                return None
+            with self.fs.open_input_stream(manifest) as handle:
+                body = handle.read()
         except OSError as exc:
-            raise StoreError(f"storage {self.uri!r} is unreachable: {exc}") from exc
-        if info.type == pafs.FileType.NotFound:
-            return
-        with self.fs.open_input_stream(manifest) as handle:
-            try:
-                version = int(json.loads(handle.read())["schema_version"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StoreError(f"{manifest}: not a psplab manifest ({exc})") from exc
-        if version > schema.SCHEMA_VERSION:
+            raise StoreError(f"storage {self.uri!r} is unreachable: {_one_line(exc)}") from exc
+        try:
+            return int(json.loads(body)["schema_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{manifest}: not a psplab manifest ({_one_line(exc)})") from exc
+
+    def check_version(self) -> None:
+        version = self.manifest_version()
+        if version is not None and version > schema.SCHEMA_VERSION:
             raise StoreError(
-                f"{manifest}: store written with schema version {version}; this psplab reads up "
-                f"to {schema.SCHEMA_VERSION}; upgrade psplab"
+                f"{self.path(MANIFEST)}: store written with schema version {version}; this psplab "
+                f"reads up to {schema.SCHEMA_VERSION}; upgrade psplab"
             )
+
+    def prepare_chunk(self, trial_id: str, table: pa.Table) -> pa.Table:
+        """``table`` as it is stored: STEPS_SCHEMA, this version's metadata, rows of one trial."""
+        check_trial_id(trial_id)
+        if table.schema != schema.STEPS_SCHEMA:
+            try:
+                table = table.cast(schema.STEPS_SCHEMA)
+            except (ValueError, pa.ArrowNotImplementedError) as exc:
+                raise schema.SchemaError(f"chunk of trial {trial_id!r}: {_one_line(exc)}") from exc
+        others = pc.unique(table["trial_id"]).to_pylist()
+        if any(other != trial_id for other in others):
+            raise schema.SchemaError(
+                f"chunk of trial {trial_id!r} holds rows of trial(s) "
+                f"{sorted(map(str, set(others) - {trial_id}))}"
+            )
+        return table.replace_schema_metadata(schema.STEPS_SCHEMA.metadata)
 
     def write_chunk(self, trial_id: str, task: int, table: pa.Table) -> str:
         """Write (or replace) the chunk of ``trial_id`` for ``task``; all-or-nothing."""
-        if table.schema != schema.STEPS_SCHEMA:
-            table = table.cast(schema.STEPS_SCHEMA)
+        table = self.prepare_chunk(trial_id, table)
         path = self.chunk_path(trial_id, task)
         self._retry(lambda: self._atomic_write(path, table), path)
         return path
 
     def write_trial(self, record: Mapping[str, Any]) -> str:
         """Write (or replace) the one-row trials file of ``record['trial_id']``."""
+        path = self.trial_path(record.get("trial_id"))
         table = schema.trials_table([record])
-        path = self.path("trials", f"{record['trial_id']}.parquet")
         self._retry(lambda: self._atomic_write(path, table), path)
         return path
 
     def _atomic_write(self, path: str, table: pa.Table) -> None:
-        directory, name = posixpath.split(path)
-        self.fs.create_dir(directory, recursive=True)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self._atomic_put(path, sink.getvalue())
+
+    def _atomic_put(self, path: str, body: bytes | pa.Buffer) -> None:
+        """Make ``body`` appear at ``path`` whole or not at all."""
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
         if self.fs.type_name in OBJECT_STORES:
             # An object-store PUT is atomic and there is no rename: write in place.
-            pq.write_table(table, path, filesystem=self.fs)
+            self._put(path, body)
             return
-        tmp = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+        tmp = self.tmp_path(path)
         try:
-            pq.write_table(table, tmp, filesystem=self.fs)
+            self._put(tmp, body)
             self.fs.move(tmp, path)
         except BaseException:
             _quiet_delete(self.fs, tmp)
             raise
 
-    def _put_bytes(self, path: str, body: bytes) -> None:
+    def _put(self, path: str, body: bytes | pa.Buffer) -> None:
         with self.fs.open_output_stream(path) as handle:
             handle.write(body)
 
@@ -150,34 +262,65 @@ class Store:
                 return action()
             except OSError as exc:
                 if attempt == self.write_retries:
-                    raise StoreError(f"{what}: write failed after {attempt + 1} tries: {exc}") from exc
-                time.sleep(self.retry_backoff_s * 2**attempt)
+                    raise StoreError(
+                        f"{what}: write failed after {attempt + 1} tries: {_one_line(exc)}"
+                    ) from exc
+                _sleep(self.retry_backoff_s * 2**attempt)
 
     # ---- reading -----------------------------------------------------------------------
-    def _dataset(self, directory: str, table_schema: pa.Schema) -> ds.Dataset | None:
+    def _dataset(self, directory: str, table_schema: pa.Schema,
+                 filter: ds.Expression | None) -> ds.Dataset | None:
+        """The files under ``directory``, each checked for a readable footer and version."""
         self.check_version()
-        if self.fs.get_file_info(directory).type == pafs.FileType.NotFound:
-            return None
-        # The schema is given, not inferred from whichever file comes first.
-        return ds.dataset(directory, schema=table_schema, format="parquet", filesystem=self.fs,
-                          exclude_invalid_files=False)
+        try:
+            if self.fs.get_file_info(directory).type == pafs.FileType.NotFound:
+                return None
+            # The schema is given, not inferred from whichever file comes first.
+            dataset = ds.dataset(directory, schema=table_schema, format="parquet",
+                                 filesystem=self.fs, exclude_invalid_files=False)
+        except OSError as exc:
+            raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
+        for fragment in dataset.get_fragments(filter=filter):
+            self._check_fragment(fragment)
+        return dataset
+
+    def _check_fragment(self, fragment: ds.ParquetFileFragment) -> None:
+        try:
+            file_schema = fragment.physical_schema  # reads and caches the footer
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(
+                f"{fragment.path}: not a readable Parquet file ({_one_line(exc)}); "
+                f"`psp fsck {self.uri} --repair` moves it aside"
+            ) from exc
+        try:
+            schema.check_readable(file_schema, fragment.path)
+        except schema.SchemaError as exc:
+            raise StoreError(str(exc)) from exc
+
+    def _read(self, dataset: ds.Dataset, **scan: Any) -> pa.Table:
+        try:
+            return dataset.to_table(**scan)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(
+                f"{self.uri}: {_one_line(exc)}; `psp fsck {self.uri}` names the bad file"
+            ) from exc
 
     def read_steps(self, filter: ds.Expression | None = None,
                    columns: list[str] | None = None) -> pd.DataFrame:
         """Every measurement once (latest attempt wins), filters pushed down to pyarrow."""
-        dataset = self._dataset(self.steps_dir, schema.STEPS_SCHEMA)
+        dataset = self._dataset(self.steps_dir, schema.STEPS_SCHEMA, filter)
         if dataset is None:
             return schema.STEPS_SCHEMA.empty_table().to_pandas()
         if columns is not None:
             columns = list(dict.fromkeys([*columns, *schema.KEY_COLUMNS, "attempt"]))
-        table = dataset.to_table(filter=filter, columns=columns)
+        table = self._read(dataset, filter=filter, columns=columns)
         return latest_attempt(table.to_pandas())
 
     def read_trials(self, filter: ds.Expression | None = None) -> pd.DataFrame:
-        dataset = self._dataset(self.trials_dir, schema.TRIALS_SCHEMA)
+        dataset = self._dataset(self.trials_dir, schema.TRIALS_SCHEMA, filter)
         if dataset is None:
             return schema.TRIALS_SCHEMA.empty_table().to_pandas()
-        return dataset.to_table(filter=filter).to_pandas()
+        return self._read(dataset, filter=filter).to_pandas()
 
 
 def latest_attempt(df: pd.DataFrame) -> pd.DataFrame:
