@@ -1,10 +1,10 @@
 """psplab analysis: queries, continual-learning metrics, capacity estimates and plots.
 
     from analysis import load, load_trials, summarize, capacity_table, width_scaling
-    df = load("results/sweeps/demo", split="test")          # tidy steps rows, filters pushed down
-    summary = summarize(df)                                  # ACC, last-10, BWT, forgetting per trial
-    table, draws = capacity_table(df, return_draws=True)    # K* per (psp, units), bootstrap CI
-    width_scaling(table, draws)                              # K* ∝ units^α per superposition type
+    df = load("results/sweeps/demo", split="test")        # tidy rows, filters pushed down
+    summary = summarize(df)                                # ACC, last-10, BWT, forgetting
+    table, draws = capacity_table(df, return_draws=True)  # K* per (psp, units), bootstrap CI
+    width_scaling(table, draws)                            # K* ∝ units^α per superposition type
 
 Names are imported lazily so that `psp --help` (which imports analysis.cli) stays fast.
 """

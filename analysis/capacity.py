@@ -134,7 +134,8 @@ def fit_kappa(n, excess, task, gamma: float = GAMMA,
 
 
 # ---- data → retention points -----------------------------------------------------------------
-def retention_points(df: pd.DataFrame, chance: float = CHANCE, min_gain: float = MIN_GAIN) -> pd.DataFrame:
+def retention_points(df: pd.DataFrame, chance: float = CHANCE,
+                     min_gain: float = MIN_GAIN) -> pd.DataFrame:
     """The points the model is fitted to: every test measurement of a learned task j taken
     n ≥ 0 tasks after j was trained, for tasks with at least one point at n > 0.
 
@@ -160,7 +161,7 @@ def fit_retention(points: pd.DataFrame, chance: float = CHANCE, gamma: float = G
     """Fit the model to ``retention_points`` → {kappa, rmse, a0_fit (Ā), points}: the points with
     ``A`` (the fitted just-trained accuracy of their task) and ``z`` = (accuracy − c)/(A − c)."""
     keys = points["trial_id"].astype(str) + "/" + points["eval_task"].astype(str)
-    task, uniques = pd.factorize(keys)
+    task, _ = pd.factorize(keys)
     kappa, b, rmse = fit_kappa(points["n"], points["accuracy"] - chance, task, gamma)
     amplitude = chance + b[task]
     points = points.assign(A=amplitude, z=(points["accuracy"] - chance) / (amplitude - chance))
@@ -398,11 +399,11 @@ def width_scaling(cap: pd.DataFrame, draws: pd.DataFrame | None = None, *, ci: f
 
 
 # ---- synthetic data from the model -----------------------------------------------------------
-def simulate(kappa_by_units: dict[int, float], *, psp: str = "binary", seeds: Sequence[int] = range(4),
-             tasks: int = 10, steps_per_task: int = 100, eval_every: int = 25, a0: float = 0.9,
-             a0_sd: float = 0.01, kappa_sd: float = 0.05, noise_sd: float = 0.003,
-             chance: float = CHANCE, gamma: float = GAMMA, rng_seed: int = 0,
-             sweep: str = "synthetic") -> pd.DataFrame:
+def simulate(kappa_by_units: dict[int, float], *, psp: str = "binary",
+             seeds: Sequence[int] = range(4), tasks: int = 10, steps_per_task: int = 100,
+             eval_every: int = 25, a0: float = 0.9, a0_sd: float = 0.01,
+             kappa_sd: float = 0.05, noise_sd: float = 0.003, chance: float = CHANCE,
+             gamma: float = GAMMA, rng_seed: int = 0, sweep: str = "synthetic") -> pd.DataFrame:
     """Test rows of a steps table generated from the model, with the training loop's schedule.
 
     For each width and seed: κ_seed = κ_units·exp(N(0, kappa_sd)); each task j reaches
@@ -431,7 +432,8 @@ def simulate(kappa_by_units: dict[int, float], *, psp: str = "binary", seeds: Se
                     if n < 0:  # still training j: rising towards its peak
                         level = chance + (peaks[j] - chance) * (1 + n)
                     else:
-                        level = chance + (peaks[j] - chance) * float(retention_model(n, kappa_seed, gamma))
+                        kept = float(retention_model(n, kappa_seed, gamma))
+                        level = chance + (peaks[j] - chance) * kept
                     accuracy = float(np.clip(level + rng.normal(0.0, noise_sd), 0.0, 1.0))
                     rows.append({"sweep": sweep, "trial_id": trial_id, "psp": psp, "units": units,
                                  "tasks": tasks, "steps_per_task": steps_per_task, "seed": seed,

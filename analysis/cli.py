@@ -60,8 +60,11 @@ def results_table(store, where: str | None = None):
     trials = load_trials(store)
     tests = load(store, split="test", columns=["trial_id", "tasks", "steps_per_task", "step",
                                                "split", "eval_task", "accuracy"])
-    acc = (metrics.summarize(tests)[["trial_id", "acc"]] if len(tests)
-           else pd.DataFrame({"trial_id": pd.Series(dtype="string"), "acc": pd.Series(dtype=float)}))
+    if len(tests):
+        acc = metrics.summarize(tests)[["trial_id", "acc"]]
+    else:
+        acc = pd.DataFrame({"trial_id": pd.Series(dtype=trials["trial_id"].dtype),
+                            "acc": pd.Series(dtype=float)})
     table = trials.merge(acc, on="trial_id", how="left")
     if where:
         try:

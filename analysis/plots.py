@@ -259,7 +259,8 @@ def fig_retention_fit(data: Analysis) -> Figure:
         drawn = False
         for units in widths:
             points = cap.retention_points(frame[frame["units"] == units], data.chance)
-            row = table.loc[(psp, units)] if table is not None and (psp, units) in table.index else None
+            known = table is not None and (psp, units) in table.index
+            row = table.loc[(psp, units)] if known else None
             if points.empty or row is None or row["status"] == "insufficient":
                 continue
             fitted = cap.fit_retention(points, data.chance)
@@ -354,7 +355,8 @@ def fig_capacity_scaling(data: Analysis) -> Figure:
             ha="right", va="bottom", transform=ax.transAxes, fontsize=8, color="0.35")
     never = table[~np.isfinite(table["K_star"].astype(float)) & (table["status"] == "never")]
     if len(never):
-        names = ", ".join(f"{PSP_LABEL.get(p, p)}@{u}" for p, u in zip(never["psp"], never["units"]))
+        names = ", ".join(f"{PSP_LABEL.get(p, p)}@{u}"
+                          for p, u in zip(never["psp"], never["units"]))
         ax.text(0.99, 0.08, f"no decay measured (K* = ∞): {names}", ha="right", va="bottom",
                 transform=ax.transAxes, fontsize=8, color="0.35")
     return fig
@@ -368,7 +370,8 @@ def paper_table(data: Analysis) -> pd.DataFrame:
     if len(data.summary):
         widest = data.summary[data.summary["units"] == data.summary.groupby("psp")["units"]
                               .transform("max")]
-        ours = metrics.aggregate(widest, by=["psp", "units"], metrics=["acc_last10"]).set_index("psp")
+        ours = metrics.aggregate(widest, by=["psp", "units"], metrics=["acc_last10"])
+        ours = ours.set_index("psp")
     tasks = int(data.summary["tasks"].max()) if len(data.summary) else None
     rows = []
     known = {psp for _, psp, _ in PAPER_TABLE if psp}
@@ -403,9 +406,9 @@ def fig_paper_table(data: Analysis) -> Figure:
         ours = "—" if not np.isfinite(r.ours_pct) else f"{r.ours_pct:.1f}"
         interval = ("—" if not np.isfinite(r.ours_lo_pct)
                     else f"[{r.ours_lo_pct:.1f}, {r.ours_hi_pct:.1f}]")
-        cells.append([r.method, "—" if r.paper_pct is None or pd.isna(r.paper_pct) else f"{r.paper_pct:.1f}",
-                      ours, interval, "—" if pd.isna(r.units) else str(int(r.units)),
-                      str(r.seeds) if r.seeds else "—"])
+        paper = "—" if r.paper_pct is None or pd.isna(r.paper_pct) else f"{r.paper_pct:.1f}"
+        units = "—" if pd.isna(r.units) else str(int(r.units))
+        cells.append([r.method, paper, ours, interval, units, str(r.seeds) if r.seeds else "—"])
     drawn = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
     drawn.auto_set_font_size(False)
     drawn.set_fontsize(10)
@@ -462,7 +465,8 @@ def write_all(store, out_dir, threshold: float = cap.THRESHOLD, *, chance: float
         try:
             fig = draw(data)
         except Exception as exc:  # noqa: BLE001 — one figure's failure must not cost the rest
-            warnings.warn(f"figure {name}: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"figure {name}: {type(exc).__name__}: {exc}", RuntimeWarning,
+                          stacklevel=2)
             fig, note = _failed(data, title, exc), f"could not draw: {type(exc).__name__}: {exc}"
         written += save(fig, out, name)
         entries.append((name, title, _caption(draw), note))
@@ -506,12 +510,13 @@ def _capacity_markdown(data: Analysis) -> str:
 
 def _write_index(data: Analysis, out: Path, entries, tables: list[Path]) -> list[Path]:
     md = [f"# psplab figures — {data.sweep}", "", data.label(), ""]
-    body = [f"<h1>psplab figures — {html.escape(data.sweep)}</h1>", f"<p>{html.escape(data.label())}</p>"]
+    body = [f"<h1>psplab figures — {html.escape(data.sweep)}</h1>",
+            f"<p>{html.escape(data.label())}</p>"]
     for name, title, caption, note in entries:
         md += [f"## {title}", "", f"![{title}]({name}.png)", "", caption, ""]
-        body += [f"<h2>{html.escape(title)}</h2>", f'<img src="{name}.png" alt="{html.escape(title)}" '
-                 f'width="{PNG_SIZE[0]}">', f"<p>{html.escape(caption)} "
-                 f'(<a href="{name}.svg">SVG</a>)</p>']
+        body += [f"<h2>{html.escape(title)}</h2>",
+                 f'<img src="{name}.png" alt="{html.escape(title)}" width="{PNG_SIZE[0]}">',
+                 f'<p>{html.escape(caption)} (<a href="{name}.svg">SVG</a>)</p>']
         if note:
             md += [f"**{note}**", ""]
             body.append(f"<p><strong>{html.escape(note)}</strong></p>")

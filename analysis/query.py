@@ -107,7 +107,8 @@ def build_filter(table_schema: pa.Schema, **filters: Any) -> ds.Expression | Non
             conjoin(step >= int(value) if name == "step_min" else step <= int(value))
             continue
         if name not in table_schema.names:
-            raise QueryError(f"unknown filter {name!r}; columns are {', '.join(table_schema.names)}")
+            raise QueryError(f"unknown filter {name!r}; columns are "
+                             f"{', '.join(table_schema.names)}")
         values = _values(value)
         typ = table_schema.field(name).type
         try:

@@ -126,6 +126,7 @@ def test_results_write_to_csv_and_parquet(synthetic, tmp_path):
 
 
 def test_width_scaling_needs_two_widths():
-    table = pd.DataFrame({"psp": ["binary"], "units": [64], "K_star": [3.0], "extrapolated": [False]})
+    table = pd.DataFrame({"psp": ["binary"], "units": [64], "K_star": [3.0],
+                          "extrapolated": [False]})
     row = cap.width_scaling(table).iloc[0]
     assert math.isnan(row.alpha) and "2 or more widths" in row.note

@@ -1,5 +1,4 @@
 """`psp plots`: every figure written as PNG (of the fixed size) and SVG, with an index."""
-import os
 import warnings
 from pathlib import Path
 
