@@ -502,7 +502,12 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
             break
         x_task, y_task = _task_data(streams, task)                   # (S, N, D), (N,)
         indices = torch.stack([batch_indices(c, task, len(y_task), device) for c in cfgs], 1)
-        # (spt, P, B): every batch of the task. Per-step records stay on the device.
+        # (spt, P, B): every batch of the task, as rows of the flattened (S·N, D) data: one
+        # index_select per step gathers every member's batch (~3x faster than x[slots, index]).
+        rows = (indices + slots * len(y_task)).view(spt, P * batch)
+        labels = indices.view(spt, P * batch)
+        x_task = x_task.view(-1, x_task.shape[-1])                   # (S·N, D)
+        # Per-step records stay on the device.
         picked = torch.empty(spt, P, batch, device=device)   # log p(target) of each example
         correct = torch.empty(spt, P, device=device)
         contexts: list[int] = []
@@ -510,15 +515,15 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
             m.stopped_at, m.test_rows = None, []
         bar = _progress_bar(progress, task, cfg)
         if cuda_graph:
-            step_fn = _GraphStep.build(step_fn, model, optimizer, x_task, y_task, slots, loss_grad)
+            step_fn = _GraphStep.build(step_fn, model, optimizer, x_task, y_task, loss_grad)
 
         for i in range(spt):
             step = task * spt + i + 1
             context = context_at(cfg, step, task)
             if step_fn is not None:
-                step_fn.run(indices[i], context, picked[i], correct[i])
+                step_fn.run(rows[i], labels[i], context, picked[i], correct[i])
             else:
-                _eager_step(model, optimizer, x_task, y_task, slots, indices[i], context,
+                _eager_step(model, optimizer, x_task, y_task, rows[i], labels[i], context,
                             loss_grad, picked[i], correct[i])
             contexts.append(context)
             if bar is not None:
@@ -589,12 +594,14 @@ def _task_data(streams: dict[int, PermutedStream], task: int) -> tuple[torch.Ten
     return torch.stack([x for x, _ in sets]), sets[0][1]
 
 
-def _eager_step(model: PackedMLP, optimizer, x_task, y_task, slots, index, context, loss_grad,
+def _eager_step(model: PackedMLP, optimizer, x_task, y_task, rows, labels, context, loss_grad,
                 picked_out, correct_out) -> None:
-    """One optimizer update of every member. index (P, B) → records log p(target) (P, B) and
-    the number of correct predictions (P,) into the given slots; no host sync."""
-    xb = x_task[slots, index]                                   # (P, B, D)
-    yb = y_task[index]                                          # (P, B)
+    """One optimizer update of every member: the batch is rows (P·B,) of x_task (S·N, D) and
+    labels (P·B,) of y_task (N,). Records log p(target) (P, B) and the number of correct
+    predictions (P,) into the given outputs; no host sync."""
+    P, B = loss_grad.shape
+    xb = x_task.index_select(0, rows).view(P, B, -1)            # (P, B, D)
+    yb = y_task.index_select(0, labels).view(P, B)              # (P, B)
     logits = model.forward(xb[:, None], [context])[:, 0]        # (P, B, classes)
     log_p = torch.log_softmax(logits, -1)
     target_log_p = log_p.gather(-1, yb[..., None])[..., 0]     # (P, B)
@@ -645,13 +652,13 @@ def _evaluate(model: PackedMLP, streams, slot_of: list[int], cfg: TrialConfig,
         per_forward = max(1, _EVAL_BYTES // (P * rows * width * 4))
         for g0 in range(0, len(due), per_forward):
             group = due[g0:g0 + per_forward]
-            xs, ys = [], []
-            for t in group:
-                per_seed = [stream.test_set(t) for stream in streams.values()]
-                x = torch.stack([x[start:stop] for x, _ in per_seed])[slot_of]  # (P, rows, D)
-                xs.append(x)
+            x = torch.empty(P, len(group), rows, first_x.shape[1], device=device)  # (P, T, rows, D)
+            ys = []
+            for j, t in enumerate(group):
+                per_seed = [stream.test_set(t) for stream in streams.values()]  # permuted per seed
+                for p, slot in enumerate(slot_of):
+                    x[p, j].copy_(per_seed[slot][0][start:stop])
                 ys.append(per_seed[0][1][start:stop])
-            x = torch.stack(xs, 1)                                   # (P, T, rows, D)
             y = torch.stack(ys)                                      # (T, rows)
             logits = model.forward(x, [eval_context(cfg, t) for t in group])  # (P, T, rows, C)
             hit = (logits.argmax(-1) == y).sum(-1)                   # (P, T)
@@ -682,12 +689,12 @@ class _GraphStep:
     contexts (when the context index changes) and the step's batch indices (every step).
     """
 
-    def __init__(self, model: PackedMLP, optimizer, x_task, y_task, slots, loss_grad):
+    def __init__(self, model: PackedMLP, optimizer, x_task, y_task, loss_grad):
         self.model, self.optimizer = model, optimizer
-        self.x = x_task.clone()
-        self.y = y_task.clone()
-        self.slots = slots
-        self.index = torch.zeros(model.P, loss_grad.shape[1], dtype=torch.long, device=x_task.device)
+        self.x = x_task.clone()                                  # (S·N, D)
+        self.y = y_task.clone()                                  # (N,)
+        self.rows = torch.zeros(loss_grad.numel(), dtype=torch.long, device=x_task.device)
+        self.labels = torch.zeros_like(self.rows)
         self.loss_grad = loss_grad
         self.context_index: int | None = None
         self.contexts = [model.context(layer, 0).clone() for layer in model.layers]
@@ -695,13 +702,13 @@ class _GraphStep:
         self.graph = None
 
     @classmethod
-    def build(cls, previous: "_GraphStep | None", model, optimizer, x_task, y_task, slots,
+    def build(cls, previous: "_GraphStep | None", model, optimizer, x_task, y_task,
               loss_grad) -> "_GraphStep":
         if previous is not None and previous.x.shape == x_task.shape:
             previous.x.copy_(x_task)
             previous.y.copy_(y_task)
             return previous
-        step = cls(model, optimizer, x_task, y_task, slots, loss_grad)
+        step = cls(model, optimizer, x_task, y_task, loss_grad)
         step._capture()
         return step
 
@@ -711,8 +718,9 @@ class _GraphStep:
             layer.static = buffer
 
     def _step(self):
-        xb = self.x[self.slots, self.index]
-        yb = self.y[self.index]
+        P, B = self.loss_grad.shape
+        xb = self.x.index_select(0, self.rows).view(P, B, -1)
+        yb = self.y.index_select(0, self.labels).view(P, B)
         h = self.model.forward_static(xb)
         log_p = torch.log_softmax(h, -1)
         target_log_p = log_p.gather(-1, yb[..., None])[..., 0]
@@ -740,12 +748,13 @@ class _GraphStep:
                 p.copy_(saved)
             _restore_optimizer_state(self.optimizer, saved_state)
 
-    def run(self, index, context: int, picked_out, correct_out) -> None:
+    def run(self, rows, labels, context: int, picked_out, correct_out) -> None:
         if context != self.context_index:
             for layer, buffer in zip(self.model.layers, self.contexts):
                 buffer.copy_(self.model.context(layer, context))
             self.context_index = context
-        self.index.copy_(index)
+        self.rows.copy_(rows)
+        self.labels.copy_(labels)
         self.graph.replay()
         picked_out.copy_(self.out_picked)
         correct_out.copy_(self.out_correct)
