@@ -491,6 +491,8 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
             opt.load_state_dict(state["optimizer"])
         first_task = given[0]["next_task"]
     model = PackedMLP(members, device, exact=exact)
+    if device.type == "cpu" and max(p.numel() * p.element_size() for p in model.parameters()) > 32 << 20:
+        _reuse_large_allocations()
     optimizer = _optimizer(cfg, model.parameters(), capturable=cuda_graph)
     if given:
         model.load(optimizer, member_opts)
@@ -577,6 +579,39 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
                                                 "steps_done": steps_done})
     return [m.summary or TrialSummary("completed", cfg.tasks * spt, cfg.tasks, str(device))
             for m in state]
+
+
+_MALLOC_TUNED = False
+
+
+def _reuse_large_allocations() -> None:
+    """Let glibc recycle freed blocks above 32 MiB instead of returning them to the OS.
+
+    A stacked (P, 2048, 2048) gradient or optimizer temporary is 64 MiB at P = 4: above
+    glibc's largest dynamic mmap threshold (32 MiB), so each is a fresh mmap whose pages fault
+    in on first touch, every step. Measured on the 2-core machine: an RMSprop update of
+    4 × 2048² parameters took 50 ms instead of 24 ms. A single model's tensors stay under the
+    threshold and are recycled, so without this a pack was slower than separate models.
+    The cost: the process keeps its peak heap instead of giving it back (a training process
+    reaches its peak every step anyway). Linux/glibc only; elsewhere nothing happens.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+        import ctypes.util
+        import platform
+
+        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+            return
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, 1 << 31)
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def _optimizer(cfg: TrialConfig, params, *, capturable: bool) -> torch.optim.Optimizer:
