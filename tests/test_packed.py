@@ -131,3 +131,33 @@ def test_cuda_graph_needs_cuda():
         pytest.skip("tested on GPU in test_gpu.py")
     with pytest.raises(ValueError, match="CUDA"):
         train_packed([cfg(device="cpu")], [lambda t, r: None], cuda_graph=True)
+
+
+def test_the_cuda_graph_forward_and_state_restore_work_on_cpu_tensors():
+    """The pieces of the CUDA-graph step that do not need a GPU: the static-context forward
+    equals the normal one for every family, and the warm-up's optimizer updates are undone."""
+    from trainables.models import build_model
+    from trainables.packed import PackedMLP, _restore_optimizer_state
+
+    for psps in (("binary", "none"), ("complex", "onepower"), ("rotation", "rotation")):
+        cfgs = [cfg(psp=p, seed=s, units=16) for s, p in enumerate(psps)]
+        members = [build_model(c, 784, n_contexts=3) for c in cfgs]
+        model = PackedMLP(members, torch.device("cpu"), exact=False)
+        for layer in model.layers:
+            layer.static = model.context(layer, 2).clone()
+        x = torch.randn(2, 5, 784)
+        torch.testing.assert_close(model.forward_static(x), model.forward(x[:, None], [2])[:, 0])
+
+    params = [torch.nn.Parameter(torch.randn(3, 4))]
+    optimizer = torch.optim.RMSprop(params, lr=0.1)
+    params[0].grad = torch.ones(3, 4)
+    optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    before = params[0].detach().clone()
+    optimizer.step()
+    with torch.no_grad():
+        params[0].copy_(before)
+    _restore_optimizer_state(optimizer, saved)
+    assert same(optimizer.state_dict()["state"][0]["square_avg"].tolist(),
+                saved["state"][0]["square_avg"].tolist())
+    assert optimizer.state_dict()["state"][0]["step"].item() == 1

@@ -365,6 +365,26 @@ class PackedMLP:
             h = out.view(P, T, N, -1)
         return h.real if h.is_complex() else h  # (P, T, N, out)
 
+    def forward_static(self, x: torch.Tensor) -> torch.Tensor:
+        """forward() for CUDA graphs: every layer's context is read from its ``static``
+        buffer, whose address the graph keeps. x (P, B, in) → logits (P, B, out)."""
+        h = x
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                h = complex_relu(h)
+            c = layer.static                                      # (P, in) or (P, in, in)
+            bound = torch.bmm(h, c.mT) if layer.rotation else h * c[:, None, :]
+            weight = layer.weight if layer.weight_imag is None else torch.complex(
+                layer.weight, layer.weight_imag)
+            if weight.is_complex() and not bound.is_complex():
+                bound = bound.to(weight.dtype)
+            out = torch.bmm(bound, weight.mT)                     # (P, B, out)
+            if layer.bias is not None:
+                bias = layer.bias if layer.bias_mask is None else layer.bias * layer.bias_mask
+                out = out + bias[:, None, :]
+            h = out
+        return h.real if h.is_complex() else h
+
     # ---- members' state, in train()'s format ---------------------------------------------
     def export(self, optimizer: torch.optim.Optimizer, member_optimizers) -> list[dict[str, Any]]:
         """Each member's (model state_dict, optimizer state_dict), as ``train`` saves them."""
@@ -409,14 +429,18 @@ class PackedMLP:
                             raise ValueError(f"cannot pack resumed members: optimizer state "
                                              f"{key!r} differs between members")
                         merged[key] = value.clone() if torch.is_tensor(value) else value
+                        if torch.is_tensor(value) and optimizer.defaults.get("capturable"):
+                            merged[key] = merged[key].to(stacked.device)  # captured steps live there
                 optimizer.state[stacked] = merged
 
 
 def _slice_state(value: Any, stacked: torch.Tensor, p: int) -> Any:
+    """Member p's share of one optimizer state entry: its slice of a per-element tensor, or
+    a copy of a shared scalar (the step count), on the CPU as train()'s optimizer keeps it."""
     if torch.is_tensor(value):
         if value.shape == stacked.shape:
             return value[p].clone()
-        return value.clone()
+        return value.detach().to("cpu", copy=True) if value.dim() == 0 else value.clone()
     return value
 
 
@@ -813,32 +837,6 @@ def _restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> N
                 value.zero_()
 
 
-def _forward_static(self: PackedMLP, x: torch.Tensor) -> torch.Tensor:
-    """forward() reading each layer's context from its static buffer (CUDA graphs):
-    x (P, B, in) → logits (P, B, out)."""
-    P, B, _ = x.shape
-    h = x
-    for i, layer in enumerate(self.layers):
-        if i > 0:
-            h = complex_relu(h)
-        c = layer.static
-        if layer.rotation:
-            bound = torch.bmm(h, c.mT)
-        else:
-            bound = h * c[:, None, :]
-        weight = layer.weight if layer.weight_imag is None else torch.complex(layer.weight,
-                                                                               layer.weight_imag)
-        if weight.is_complex() and not bound.is_complex():
-            bound = bound.to(weight.dtype)
-        out = torch.bmm(bound, weight.mT)
-        if layer.bias is not None:
-            bias = layer.bias if layer.bias_mask is None else layer.bias * layer.bias_mask
-            out = out + bias[:, None, :]
-        h = out
-    return h.real if h.is_complex() else h
-
-
-PackedMLP.forward_static = _forward_static
 
 
 def packed_flops_per_step(cfg: TrialConfig, in_features: int = 784) -> float:
