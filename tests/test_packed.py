@@ -69,6 +69,13 @@ def test_rotation_and_learned_contexts_pack_exactly():
                                 for s in (5, 6)])
 
 
+@pytest.mark.parametrize("schedule", ["cycle", "local_mix"])
+def test_context_schedules_pack_exactly(schedule):
+    # the context changes inside a task (every 10 steps, or every step), 4 contexts reused
+    assert_packed_equals_alone([cfg(psp="complex", seed=s, tasks=2, context_schedule=schedule,
+                                    context_every=10, n_contexts=4) for s in (1, 2)])
+
+
 def test_members_with_one_seed_and_chunked_evaluation(monkeypatch):
     # Same seed: one copy of the data serves both. Chunks of 300 test images (uneven last
     # chunk), summed per chunk as loop.evaluate sums them.

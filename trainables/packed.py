@@ -503,7 +503,7 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
     slots = torch.tensor(slot_of, device=device)[:, None]            # (P, 1)
     in_features = next(iter(streams.values())).in_features
 
-    members = [build_model(c, in_features, n_contexts=c.tasks).to(device) for c in cfgs]
+    members = [_build_member(c, in_features, device) for c in cfgs]
     member_opts = [loop.make_optimizer(c, m.parameters()) for c, m in zip(cfgs, members)]
     first_task = 0
     given = [r for r in resumes if r is not None]
@@ -600,9 +600,19 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
             for p in finished:
                 if state[p].on_task_end is not None:
                     state[p].on_task_end(task, {**exported[p], "next_task": task + 1,
-                                                "steps_done": steps_done})
+                                                "steps_done": steps_done, "penalty": None})
     return [m.summary or TrialSummary("completed", cfg.tasks * spt, cfg.tasks, str(device))
             for m in state]
+
+
+def _build_member(cfg: TrialConfig, in_features: int, device: torch.device) -> SuperposedMLP:
+    """Member p's network exactly as ``train`` builds it (same seed, same context banks)."""
+    needed = loop.contexts_needed(cfg) if hasattr(loop, "contexts_needed") else cfg.tasks
+    model = build_model(cfg, in_features, n_contexts=needed).to(device)
+    if cfg.context_schedule == "local_mix":  # as train(): context k mixes the phases of k±1
+        loop.use_context_function(model, loop.partial(loop.local_mix_context,
+                                                      n_contexts=cfg.n_contexts))
+    return model
 
 
 _MALLOC_TUNED = False
