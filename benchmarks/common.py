@@ -84,6 +84,26 @@ class BareLoop:
             h = F.linear(h * c, w)
         return h
 
+    def capture_only(self, steps: int) -> float:
+        """Seconds for the loop's per-step capture alone, ``steps`` times, on a real step's
+        logits and loss: losses[i] = loss.detach(); correct[i] = (argmax == y).sum();
+        contexts.append(context) — what trainables.loop.train adds to a bare step."""
+        index = self.indices[0]
+        xb, yb = self.x[index], self.y[index]
+        logits = self.forward(xb)
+        loss = F.cross_entropy(logits, yb)
+        losses = torch.empty(steps, device=self.device)
+        correct = torch.empty(steps, device=self.device)
+        contexts = []
+        sync(self.device)
+        start = time.perf_counter()
+        for i in range(steps):
+            losses[i] = loss.detach()
+            correct[i] = (logits.argmax(1) == yb).sum()
+            contexts.append(1)
+        sync(self.device)
+        return time.perf_counter() - start
+
     def run(self, steps: int, *, capture: bool = False, sample_only: bool = False) -> float:
         """Seconds for ``steps`` updates. ``capture``: also keep per-step loss and accuracy on
         the device as the loop does. ``sample_only``: only draw the batches."""
