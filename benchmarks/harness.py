@@ -174,6 +174,41 @@ def load_average() -> str:
         return "?"
 
 
+class CpuShare:
+    """How much CPU other work used while the benchmarks ran, in cores on average.
+
+    System-wide busy time (/proc/stat) minus this process's own and its reaped children's
+    (os.times). An upper bound: Ray's daemons and workers, started for benchmark 4, count as
+    'other' unless reaped.
+    """
+
+    def __init__(self) -> None:
+        self.start = (self._busy(), self._own(), time.perf_counter())
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            with open("/proc/stat") as handle:
+                fields = [float(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def others(self) -> float | None:
+        busy0, own0, wall0 = self.start
+        busy1 = self._busy()
+        if busy0 is None or busy1 is None:
+            return None
+        wall = time.perf_counter() - wall0
+        return max(0.0, ((busy1 - busy0) - (self._own() - own0)) / wall)
+
+
 def environment() -> dict[str, str]:
     import torch
 

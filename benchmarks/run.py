@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.harness import Check, Report, environment, load_average
+    from benchmarks.harness import Check, CpuShare, Report, environment, load_average
 
     device = args.device
     if device == "auto":
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     write = args.write if args.write is not None else (not args.quick and only is None)
 
     started = time.perf_counter()
+    share = CpuShare()
     load_before = load_average()
     env = environment()
     print(f"psplab benchmarks on {device}: " + ", ".join(f"{k} {v}" for k, v in env.items()))
@@ -130,21 +131,29 @@ def main(argv: list[str] | None = None) -> int:
                                  skipped="needs a GPU; none here"))
     elapsed = time.perf_counter() - started
     load_after = load_average()
+    others = share.others()
     print("\n" + report.table())
-    print(f"\n{elapsed / 60:.1f} min; load average before {load_before}, after {load_after}")
+    print(f"\n{elapsed / 60:.1f} min; load average before {load_before}, after {load_after}; "
+          f"other work used {'?' if others is None else f'{others:.2f}'} cores on average")
     if write:
-        section = render(report, env, device, elapsed, load_before, load_after, args.quick)
+        section = render(report, env, device, elapsed, load_before, load_after, others, args.quick)
         update_results(device, section)
         print(f"wrote the {device} section of {RESULTS}")
     return 0
 
 
 def render(report, env: dict[str, str], device: str, elapsed: float, load_before: str,
-           load_after: str, quick: bool) -> str:
+           load_after: str, others: float | None, quick: bool) -> str:
     cores = os.cpu_count() or 0
-    one_minute = max(float(x.split()[0]) for x in (load_before, load_after) if x != "?") \
-        if "?" not in (load_before, load_after) else 0.0
-    shared = one_minute > 0.5 * cores
+    if others is None:
+        sharing = "."
+    elif others > 0.25:
+        sharing = (f". The machine was shared: other processes used {others:.2f} of its {cores} "
+                   f"cores on average during the run (an upper bound: Ray's own daemons count "
+                   f"as other), so absolute rates are noisy; the interleaved ratios less so.")
+    else:
+        sharing = (f". Other processes used {others:.2f} of the {cores} cores on average during "
+                   f"the run (the load average includes the benchmarks' own 2 threads).")
     lines = [
         f"Run {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on "
         + (env.get("gpu", "?") if device == "cuda" else env["cpu"])
@@ -152,9 +161,7 @@ def render(report, env: dict[str, str], device: str, elapsed: float, load_before
         "",
         "Environment: " + "; ".join(f"{k} {v}" for k, v in env.items()) + ".",
         "",
-        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}"
-        + (f" — the machine was shared ({cores} cores): other work ran beside the benchmarks."
-           if shared else "."),
+        f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}" + sharing,
         "",
         report.markdown(),
         "",
