@@ -21,8 +21,6 @@ def trials_path(out: Path) -> Path:
 
 
 def run_one(cfg: TrialConfig, out: str, *, force: bool = False, progress: bool = True) -> int:
-    from trainables.loop import train  # torch is imported only once the arguments are valid
-
     out_path = Path(out)
     if out_path.suffix != ".parquet":
         raise UserError(f"--out {out}: must end in .parquet")
@@ -31,6 +29,8 @@ def run_one(cfg: TrialConfig, out: str, *, force: bool = False, progress: bool =
             raise UserError(f"--out {path}: exists; pass --force to replace it")
     if not out_path.parent.exists():
         raise UserError(f"--out {out}: directory {out_path.parent} does not exist")
+
+    from trainables.loop import train  # torch takes seconds to import: only once --out is valid
 
     trial_id = f"local-{cfg.psp}-{cfg.units}-s{cfg.seed}"
     tables: list[pa.Table] = []

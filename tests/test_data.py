@@ -536,6 +536,16 @@ def test_cli_main_reports_a_data_error_as_exit_code_2(tmp_path, capsys):
     assert "cannot reach" in capsys.readouterr().err
 
 
+def test_psp_data_download_is_wired_into_the_main_cli(tmp_path, capsys):
+    from orchestrator.cli import main as psp
+
+    code = psp(["data", "download", "mnist", "--dir", str(tmp_path), "--base-url",
+                f"http://127.0.0.1:{closed_port()}/", "--timeout", "2", "--retries", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot reach" in err[0], err
+    assert not any(tmp_path.rglob("*.gz"))  # nothing half-fetched is left under its real name
+
+
 def test_digest_parsing():
     assert dl.parse_digest("MD5:" + "A" * 32) == ("md5", "a" * 32)
     assert dl.parse_digest("b" * 64) == ("sha256", "b" * 64)

@@ -159,3 +159,12 @@ def test_retrieval_noise_of_superposition_is_far_below_no_context():
             assert error < 4 * math.sqrt((n_models - 1) / dim)
         else:
             assert error > 5  # ≈ K − 1 = 8: the readout sums every stored model
+
+
+@pytest.mark.parametrize("psp", ["binary", "complex"])
+def test_mlp_flattens_images_itself(psp):
+    from trainables.models import SuperposedMLP
+
+    net = SuperposedMLP(3 * 4 * 4, 8, 2, 5, psp=psp, seed=0)
+    images = torch.randn(6, 3, 4, 4)  # (B, C, H, W)
+    torch.testing.assert_close(net(images, 1), net(images.reshape(6, -1), 1), rtol=0, atol=0)

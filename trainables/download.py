@@ -461,6 +461,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def register(sub) -> None:
+    """`psp data download NAME [--dir D]` in the main CLI (orchestrator/cli.py)."""
+    data = sub.add_parser("data", help="datasets: download (checksummed, resumable)")
+    actions = data.add_subparsers(dest="data_command", required=True,
+                                  parser_class=type(data))
+    fetch = add_arguments(actions.add_parser(
+        "download", help="fetch a dataset into the data directory and verify its checksums"))
+    fetch.set_defaults(func=_cmd_download)
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    # DataError propagates: the main CLI prints it as one line with exit code 2.
+    cli_download(args.name, args.data_dir, base_url=args.base_url, force=args.force,
+                 timeout=args.timeout, retries=args.retries)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m trainables.download NAME [--dir D]`; exit code 2 on a data error."""
     args = add_arguments(argparse.ArgumentParser(prog="psp data download")).parse_args(argv)

@@ -21,7 +21,8 @@ def complex_relu(x: torch.Tensor) -> torch.Tensor:
 class SuperposedMLP(nn.Module):
     """FC network [in] + [units] * depth + [out], ReLU, one superposed layer per matmul.
 
-    forward(x (B, in), context) -> logits (B, out), real (the real part for complex PSP).
+    forward(x (B, in) or images (B, C, H, W), context) -> logits (B, out), real (the real part
+    for complex PSP).
     """
 
     def __init__(self, in_features: int, units: int, depth: int, out_features: int, *, psp: str,
@@ -36,7 +37,7 @@ class SuperposedMLP(nn.Module):
         self.complex = is_complex(psp)
 
     def forward(self, x: torch.Tensor, context: int) -> torch.Tensor:
-        h = x  # (B, in)
+        h = x.flatten(1)  # (B, in): images arrive as (B, C, H, W) from image streams
         for i, layer in enumerate(self.layers):
             if i > 0:
                 h = complex_relu(h)
