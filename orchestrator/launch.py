@@ -20,6 +20,7 @@ import os
 import posixpath
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -48,15 +49,23 @@ class SweepPaths:
 
     @property
     def experiment(self) -> str:
-        return posixpath.join(self.storage, self.name)
+        return _join(self.storage, self.name)
 
     @property
     def store(self) -> str:
-        return posixpath.join(self.experiment, "results")
+        return _join(self.storage, self.name, "results")
 
     @property
     def sweep_file(self) -> str:
-        return posixpath.join(self.experiment, SWEEP_FILE)
+        return _join(self.storage, self.name, SWEEP_FILE)
+
+
+def _join(uri: str, *parts: str) -> str:
+    """Join below a path or URI, keeping a URI's options (``s3://b/x?region=...``) at its end."""
+    split = urllib.parse.urlsplit(uri) if "://" in uri else None
+    if split is None or not split.query:
+        return posixpath.join(uri, *parts)
+    return urllib.parse.urlunsplit(split._replace(path=posixpath.join(split.path, *parts)))
 
 
 def sweep_paths(storage: str, name: str) -> SweepPaths:
@@ -210,8 +219,13 @@ def _disconnect(started: bool) -> None:
 
 # ---- files ---------------------------------------------------------------------------------
 def _exists(uri: str) -> bool:
+    """Whether ``uri`` exists; the first touch of the storage, so an unreachable one is a
+    one-line user error here, before Ray starts."""
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise UserError(f"storage {uri}: cannot reach it: {' '.join(str(exc).split())[:300]}") from None
 
 
 def _write_json(uri: str, body: dict[str, Any]) -> None:
@@ -364,6 +378,8 @@ def validate_cluster_config(path: str) -> dict[str, Any]:
     except jsonschema.ValidationError as exc:
         location = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise ClusterConfigError(f"{path}: {location}: {exc.message}") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:  # prepare_config indexes required keys before the schema check
+        raise ClusterConfigError(f"{path}: {exc.args[0]}: required key is missing") from None
+    except (ValueError, TypeError) as exc:
         raise ClusterConfigError(f"{path}: {exc}") from None
     return prepared

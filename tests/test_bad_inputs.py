@@ -39,6 +39,7 @@ IMPORTS = {  # what a process must import before it can judge its input, per lev
     "parser": PARSER,
     "arrow": f"{PARSER}; import orchestrator.store",
     "torch": f"{PARSER}; import orchestrator.local_run, trainables.loop",
+    "ray": f"{PARSER}; import orchestrator.launch, ray.autoscaler._private.util, jsonschema",
 }
 
 
@@ -76,13 +77,13 @@ CLI_CASES = [
     Case("run-incremental-needs-cifar", ("run", "--stream", "incremental", "--dataset", "mnist", OUT),
          "incremental"),
     Case("run-out-missing", ("run", "--units", "8"), "--out"),
-    # ---- psp run: files (it imports torch before it looks at them) --------------------------
+    # ---- psp run: files (--out is checked before torch is imported; the data after) ----------
     Case("run-out-not-parquet", ("run", *SHORT, "--out", "{tmp}/x.csv"), "{tmp}/x.csv",
-         imports="torch"),
+         imports="arrow"),
     Case("run-out-exists", ("run", *SHORT, "--out", "{tmp}/results.parquet"),
-         "{tmp}/results.parquet", imports="torch"),
+         "{tmp}/results.parquet", imports="arrow"),
     Case("run-out-directory-missing", ("run", *SHORT, "--out", "{tmp}/no/such/x.parquet"),
-         "{tmp}/no/such", imports="torch"),
+         "{tmp}/no/such", imports="arrow"),
     Case("run-data-dir-missing", ("run", *SHORT, "--dataset", "mnist", "--data-dir",
                                   "{tmp}/nonexistent", OUT), "{tmp}/nonexistent", imports="torch"),
     Case("run-data-dir-corrupt", ("run", *SHORT, "--dataset", "mnist", "--data-dir",
@@ -116,7 +117,76 @@ CLI_CASES = [
 # Same Case shape; put the bad spec/cluster files under {tmp} from `workspace` (add a writer
 # there) and name the field in `names`, e.g.
 #   Case("sweep-spec-unknown-key", ("sweep", "launch", "{tmp}/bad-spec.yaml"), "unknwon_key"),
-ORCHESTRATOR_CASES: list[Case] = []
+SPEC = "{tmp}/specs/"
+ORCHESTRATOR_CASES = [
+    # ---- psp sweep launch: the spec (validated before Ray is imported) ------------------------
+    Case("spec-units-zero", ("sweep", "launch", SPEC + "units-zero.yaml"), "grid.units[0]"),
+    Case("spec-psp-unknown", ("sweep", "launch", SPEC + "psp-unknown.yaml"), "grid.psp[1]"),
+    Case("spec-unknown-key", ("sweep", "launch", SPEC + "unknown-key.yaml"), "unknwon_key"),
+    Case("spec-tasks-negative", ("sweep", "launch", SPEC + "tasks-negative.yaml"), "fixed.tasks"),
+    Case("spec-empty-axis", ("sweep", "launch", SPEC + "empty-axis.yaml"), "grid.units"),
+    Case("spec-wrong-type", ("sweep", "launch", SPEC + "wrong-type.yaml"), "max_concurrent"),
+    Case("spec-bad-yaml", ("sweep", "launch", SPEC + "bad-yaml.yaml"), SPEC + "bad-yaml.yaml:"),
+    Case("spec-missing", ("sweep", "launch", SPEC + "nonexistent.yaml"), SPEC + "nonexistent.yaml"),
+    Case("spec-validate-bad-resources", ("sweep", "validate", SPEC + "negative-cpu.yaml"),
+         "resources.cpu"),
+    # ---- psp sweep: names and storage -----------------------------------------------------------
+    Case("launch-onto-existing-sweep", ("sweep", "launch", SPEC + "good.yaml", "--storage",
+                                        "{tmp}/sweeps"), "psp sweep resume demo", imports="arrow"),
+    Case("launch-bad-name", ("sweep", "launch", SPEC + "good.yaml", "--name", "../escape"),
+         "--name"),
+    Case("launch-unreachable-storage", ("sweep", "launch", SPEC + "good.yaml", "--storage",
+                                        UNREACHABLE_S3), "psplab-unreachable/store/demo?region=",
+         imports="arrow"),  # the sweep's directory goes inside the URI's path, before its options
+    Case("status-unknown-sweep", ("sweep", "status", "nosuch", "--storage", "{tmp}/sweeps"),
+         "nosuch", imports="arrow"),
+    Case("resume-unknown-sweep", ("sweep", "resume", "nosuch", "--storage", "{tmp}/sweeps"),
+         "nosuch", imports="arrow"),
+    # ---- psp cluster validate: a cluster.yaml that `ray up` would reject -------------------------
+    Case("cluster-missing-provider", ("cluster", "validate", "{tmp}/cluster-no-provider.yaml"),
+         "provider", imports="ray"),
+    Case("cluster-bad-max-workers", ("cluster", "validate", "{tmp}/cluster-bad-workers.yaml"),
+         "max_workers", imports="ray"),
+    Case("cluster-missing-file", ("cluster", "validate", "{tmp}/nonexistent.yaml"),
+         "{tmp}/nonexistent.yaml"),
+    # ---- psp results / plots / data -------------------------------------------------------------
+    Case("results-missing-store", ("results", "{tmp}/nonexistent"), "{tmp}/nonexistent"),
+    Case("results-bad-where", ("results", "{tmp}/store", "--where", "units >>> 3"), "--where",
+         imports="arrow"),
+    Case("plots-missing-store", ("plots", "{tmp}/nonexistent", "--out", "{tmp}/figures"),
+         "{tmp}/nonexistent"),
+    Case("data-download-unknown", ("data", "download", "imagenet"), "imagenet"),
+]
+
+
+def write_orchestrator_inputs(root: Path) -> None:
+    """Bad sweep specs (each one mistake in the shipped demo spec), an existing sweep that a
+    launch must not overwrite, and two cluster configs that `ray up` would reject."""
+    good = (Path(__file__).parents[1] / "sweeps" / "demo.yaml").read_text()
+    edits = {
+        "good": [],
+        "units-zero": [("units: [64, 256]", "units: [0, 256]")],
+        "psp-unknown": [("psp: [none, binary, complex]", "psp: [none, quantum]")],
+        "unknown-key": [("name: demo", "name: demo\nunknwon_key: 1")],
+        "tasks-negative": [("tasks: 10", "tasks: -3")],
+        "empty-axis": [("units: [64, 256]", "units: []")],
+        "wrong-type": [("max_concurrent: 2", "max_concurrent: lots")],
+        "negative-cpu": [("{cpu: 1, gpu: 0}", "{cpu: -1, gpu: 0}")],
+    }
+    specs = root / "specs"
+    specs.mkdir()
+    for name, changes in edits.items():
+        text = good
+        for old, new in changes:
+            assert old in text, (name, old)  # the demo spec changed: update the edit
+            text = text.replace(old, new)
+        (specs / f"{name}.yaml").write_text(text)
+    (specs / "bad-yaml.yaml").write_text("name: x\ngrid: [\n")
+    existing = make_store(root / "sweeps" / "demo" / "results")
+    (Path(existing.root).parent / "psplab-sweep.json").write_text('{"name": "demo"}')
+    (root / "cluster-no-provider.yaml").write_text("cluster_name: x\nmax_workers: 2\n")
+    (root / "cluster-bad-workers.yaml").write_text(
+        "cluster_name: x\nmax_workers: -1\nprovider: {type: aws, region: us-west-2}\n")
 
 ALL_CASES = CLI_CASES + ORCHESTRATOR_CASES
 
@@ -149,6 +219,7 @@ def workspace(tmp_path) -> Path:
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (bad_mnist / name).write_bytes(b"\x00\x00\x08\x03 not an image file")
+    write_orchestrator_inputs(tmp_path)
     return tmp_path
 
 
