@@ -84,3 +84,20 @@ def test_psp_plots_on_a_real_store(real_store, tmp_path, capsys):
     assert main(["results", str(real_store)]) == 0
     out = capsys.readouterr().out
     assert "tiny-binary" in out and "diverged" in out
+
+
+README = QUERIES.parent.parent / "README.md"
+
+
+def test_the_readme_carries_the_tested_queries_verbatim():
+    assert QUERIES.read_text().strip() in README.read_text()
+
+
+def test_the_readme_capacity_snippet_runs_against_a_real_store(real_store):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    [snippet] = [b for b in blocks if "capacity_table" in b]
+    namespace: dict = {}
+    exec(snippet.replace('"results/sweeps/demo"', repr(str(real_store.parent))), namespace)
+    cap = namespace["cap"]
+    assert set(cap.psp) == {"binary", "none"} and (cap.K_star > 0).all(), cap
+    assert {"tiny-binary", "tiny-none"} <= set(namespace["summary"].trial_id)
