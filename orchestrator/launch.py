@@ -178,6 +178,8 @@ def _run(tuner, paths: SweepPaths) -> int:
 def _connect(address: str | None):
     """Import Ray and connect: an embedded local Ray when no address is given (never a cluster
     that happens to run on this machine), else the given cluster. Returns (tune, started)."""
+    if address is not None:
+        check_reachable(address)  # before Ray's import: a wrong address is said in well under 1 s
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -188,9 +190,30 @@ def _connect(address: str | None):
         return tune, False
     if address is None:
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
-    else:
+        return tune, True
+    try:
         ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as exc:  # 'auto' with no cluster on this node, a stale address file
+        raise UserError(f"--address {address}: {' '.join(str(exc).split())[:300]}") from None
     return tune, True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, in one line, when nothing listens at a HOST:PORT or ray://HOST:PORT
+    address: `ray.init` would retry an unreachable GCS for minutes, printing warnings."""
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected 'auto', HOST:PORT or ray://HOST:PORT")
+    import socket
+
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({exc})") from None
 
 
 def _check_resources(resources: dict[str, float], *, autoscaling: bool) -> None:

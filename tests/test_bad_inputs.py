@@ -138,6 +138,12 @@ ORCHESTRATOR_CASES = [
     Case("launch-unreachable-storage", ("sweep", "launch", SPEC + "good.yaml", "--storage",
                                         UNREACHABLE_S3), "psplab-unreachable/store/demo?region=",
          imports="arrow"),  # the sweep's directory goes inside the URI's path, before its options
+    Case("launch-address-refused", ("sweep", "launch", SPEC + "good.yaml", "--storage",
+                                    "{tmp}/new-sweeps", "--address", "127.0.0.1:1"),
+         "--address 127.0.0.1:1", imports="arrow"),  # ray.init would retry it for minutes
+    Case("launch-address-malformed", ("sweep", "launch", SPEC + "good.yaml", "--storage",
+                                      "{tmp}/new-sweeps", "--address", "headnode"),
+         "--address headnode", imports="arrow"),
     Case("status-unknown-sweep", ("sweep", "status", "nosuch", "--storage", "{tmp}/sweeps"),
          "nosuch", imports="arrow"),
     Case("resume-unknown-sweep", ("sweep", "resume", "nosuch", "--storage", "{tmp}/sweeps"),
