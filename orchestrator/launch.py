@@ -191,8 +191,10 @@ def _connect(address: str | None):
     if address is None:
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         return tune, True
+    # Through Ray Client the Tuner runs on the cluster, not here: it needs our settings there.
+    runtime_env = {"env_vars": RAY_ENV} if address.startswith("ray://") else None
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     except ConnectionError as exc:  # 'auto' with no cluster on this node, a stale address file
         raise UserError(f"--address {address}: {' '.join(str(exc).split())[:300]}") from None
     return tune, True
