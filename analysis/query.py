@@ -146,7 +146,11 @@ def load(store, *, psp=None, units=None, tasks=None, seed=None, sweep=None, tria
         df = _read_file(source.location, schema.STEPS_SCHEMA, expression, columns)
         df = latest_attempt(df)
     else:
-        df = _store(source).read_steps(filter=expression, columns=columns)
+        # Naming the trials lets the store open only their directories (the filter still
+        # carries trial_id, so the answer is the same). Passed only when given, so wrappers
+        # of read_steps written for its older signature keep working.
+        by_trial = {} if trial_id is None else {"trial_id": _ids(trial_id)}
+        df = _store(source).read_steps(filter=expression, columns=columns, **by_trial)
     if columns is not None:
         df = df[columns]
     return tidy(df)
@@ -164,7 +168,8 @@ def load_trials(store, *, psp=None, units=None, tasks=None, seed=None, sweep=Non
                    status=status, **other_filters)
     expression = build_filter(schema.TRIALS_SCHEMA, **filters)
     if source.kind == "store":
-        df = _store(source).read_trials(filter=expression)
+        by_trial = {} if trial_id is None else {"trial_id": _ids(trial_id)}
+        df = _store(source).read_trials(filter=expression, **by_trial)
     elif source.trials_file is not None:
         df = _read_file(source.trials_file, schema.TRIALS_SCHEMA, expression, None)
     else:
@@ -189,6 +194,12 @@ def _trials_from_steps(source: Source, expression, filters: dict) -> pd.DataFram
     table = pa.Table.from_pandas(rows[schema.TRIALS_SCHEMA.names], schema=schema.TRIALS_SCHEMA,
                                  preserve_index=False)
     return table.to_pandas()
+
+
+def _ids(trial_id: Any) -> list[str]:
+    """The trial ids a filter names, converted as build_filter converted them (it has already
+    refused values that are not strings)."""
+    return pa.array(_values(trial_id), pa.string()).to_pylist()
 
 
 def _store(source: Source) -> Store:

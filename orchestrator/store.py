@@ -4,6 +4,7 @@ Layout under the store root (a local path or a ``pyarrow.fs`` URI such as ``s3:/
 
     _psplab.json                           # schema version; '_' keeps it out of dataset reads
     steps/<trial_id>/task-000003.parquet   # one file per (trial, task chunk)
+    steps/<trial_id>/task-000000-000049.parquet  # or, once compacted, one for many tasks
     trials/<trial_id>.parquet              # one row: the trial's parameters and status
     _quarantine/<timestamp>/...            # files `psp fsck --repair` moved aside
 
@@ -16,7 +17,8 @@ Guarantees (each proved by a test, see tests/test_killed_writers.py and friends)
   ``psp fsck`` reports and ``--repair`` moves aside.
 * Exactly-once by construction. A chunk's name is a function of (trial, task), so a trial
   retried from a checkpoint *replaces* the chunks it writes again instead of adding to them;
-  readers also keep only the latest ``attempt`` of any measurement seen twice.
+  readers also keep only the latest ``attempt`` of any measurement seen twice (which also
+  covers a compacted trial that is run again: its new chunks carry a higher attempt).
 * Bounded retries. A failed write is retried ``write_retries`` times with exponential backoff,
   then raises StoreError naming the file; a write that raised left nothing new visible.
 * ``pandas.read_parquet(root / "steps")`` works with no psplab code.
@@ -28,11 +30,13 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numpy as np
 import pandas as pd
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -44,7 +48,9 @@ from trainables import schema
 MANIFEST = "_psplab.json"
 QUARANTINE = "_quarantine"
 TMP_PREFIX = ".tmp-"
-CHUNK_NAME = re.compile(r"task-(\d{6})\.parquet")
+# task-000003.parquet: one task's chunk; task-000000-000049.parquet: a trial's chunks of
+# tasks 0..49 merged by Store.compact_trial.
+CHUNK_NAME = re.compile(r"task-(\d{6})(?:-(\d{6}))?\.parquet")
 OBJECT_STORES = {"s3", "gcs"}
 # A trial id becomes a directory and a file name: no separators, no leading '.'/'_' (which
 # would hide it from readers) and no '=' (which pandas would read as a hive partition).
@@ -267,6 +273,38 @@ class Store:
                     ) from exc
                 _sleep(self.retry_backoff_s * 2**attempt)
 
+    def compact_trial(self, trial_id: str) -> str | None:
+        """Merge a finished trial's chunk files into one file; returns its path (None: no chunks).
+
+        Reading one trial costs ~1 ms per file whatever its size (open, footer, one column
+        chunk per column), so a 50-task trial reads in ~40 ms as chunks and in ~10 ms merged.
+        Every row is kept, in the order readers met them, so every read returns what it did
+        before. Only for a trial no writer is touching: a chunk written while it runs could
+        be deleted with the inputs. The merged file is written whole before any input is
+        deleted; a compaction killed in between leaves each row twice with the same attempt,
+        which readers resolve to one copy and ``psp fsck --repair`` removes.
+        """
+        directory = self.path("steps", check_trial_id(trial_id))
+        try:
+            inputs = sorted(self._visible_files(directory))
+        except OSError as exc:
+            raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
+        if len(inputs) < 2:
+            return inputs[0] if inputs else None
+        dataset = ds.FileSystemDataset.from_paths(
+            inputs, schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(), filesystem=self.fs)
+        for fragment in dataset.get_fragments():
+            self._check_fragment(fragment)
+        table = self.prepare_chunk(trial_id, self._read(dataset))
+        tasks = pc.min_max(table["task"]).as_py() if table.num_rows else {"min": 0, "max": 0}
+        first, last = tasks["min"] or 0, tasks["max"] or 0
+        path = posixpath.join(directory, f"task-{first:06d}-{last:06d}.parquet")
+        self._retry(lambda: self._atomic_write(path, table), path)
+        for old in inputs:
+            if old != path:
+                self._retry(lambda old=old: self.fs.delete_file(old), old)
+        return path
+
     # ---- reading -----------------------------------------------------------------------
     def _dataset(self, directory: str, table_schema: pa.Schema,
                  filter: ds.Expression | None) -> ds.Dataset | None:
@@ -306,34 +344,150 @@ class Store:
             ) from exc
 
     def read_steps(self, filter: ds.Expression | None = None,
-                   columns: list[str] | None = None) -> pd.DataFrame:
-        """Every measurement once (latest attempt wins), filters pushed down to pyarrow."""
-        dataset = self._dataset(self.steps_dir, schema.STEPS_SCHEMA, filter)
+                   columns: list[str] | None = None, *,
+                   trial_id: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """Every measurement once (latest attempt wins), filters pushed down to pyarrow.
+
+        ``trial_id`` (one id or several) keeps only those trials, like a ``trial_id`` filter,
+        but opens only their directories. A trial's rows live under ``steps/<trial_id>/`` and
+        nowhere else (``write_chunk`` refuses other rows there, ``psp fsck`` reports a file
+        holding another trial's rows), so discovering and checking every other trial's chunks
+        would change nothing but the time: ~1 s at 2,000 chunks, against ~50 ms for one trial.
+        """
+        ids = None
+        if trial_id is None:
+            dataset = self._dataset(self.steps_dir, schema.STEPS_SCHEMA, filter)
+        else:
+            ids = [trial_id] if isinstance(trial_id, str) else list(dict.fromkeys(trial_id))
+            dataset = self._trial_steps(ids)
         if dataset is None:
             return schema.STEPS_SCHEMA.empty_table().to_pandas()
         if columns is not None:
             columns = list(dict.fromkeys([*columns, *schema.KEY_COLUMNS, "attempt"]))
         table = self._read(dataset, filter=filter, columns=columns)
+        if ids is not None:
+            table = _only_trials(table, ids)
         return latest_attempt(table.to_pandas())
 
-    def read_trials(self, filter: ds.Expression | None = None) -> pd.DataFrame:
-        dataset = self._dataset(self.trials_dir, schema.TRIALS_SCHEMA, filter)
+    def _trial_steps(self, trial_ids: list[str]) -> ds.Dataset | None:
+        """The chunk files of ``trial_ids`` as a dataset, with the checks ``_dataset`` makes.
+
+        The files are those dataset discovery of ``steps/`` would find for these trials (hidden
+        names skipped, sorted by path), so duplicate measurements resolve in the same order.
+        """
+        self.check_version()
+        paths = []
+        try:
+            for trial_id in trial_ids:
+                if not (isinstance(trial_id, str) and TRIAL_ID.fullmatch(trial_id)):
+                    continue  # no directory can hold it, so no rows can carry it
+                paths += self._visible_files(self.path("steps", trial_id))
+            if not paths and self.fs.get_file_info(self.steps_dir).type == pafs.FileType.NotFound:
+                return None
+            dataset = ds.FileSystemDataset.from_paths(
+                sorted(paths), schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(),
+                filesystem=self.fs)
+        except OSError as exc:
+            raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
+        for fragment in dataset.get_fragments():
+            self._check_fragment(fragment)
+        return dataset
+
+    def _visible_files(self, directory: str) -> list[str]:
+        """Files below ``directory`` that a dataset read sees: no path part under it starting
+        with '.' or '_' (temporary and quarantined files)."""
+        selector = pafs.FileSelector(directory, allow_not_found=True, recursive=True)
+        found = []
+        for info in self.fs.get_file_info(selector):
+            if info.type != pafs.FileType.File:
+                continue
+            relative = info.path[len(directory):].lstrip("/")
+            if not any(part.startswith((".", "_")) for part in relative.split("/")):
+                found.append(info.path)
+        return found
+
+    def read_trials(self, filter: ds.Expression | None = None, *,
+                    trial_id: str | Iterable[str] | None = None) -> pd.DataFrame:
+        """The trials table; ``trial_id`` (one id or several) opens only those trials' files."""
+        if trial_id is None:
+            dataset = self._dataset(self.trials_dir, schema.TRIALS_SCHEMA, filter)
+        else:
+            ids = [trial_id] if isinstance(trial_id, str) else list(dict.fromkeys(trial_id))
+            wanted = ds.field("trial_id").isin(pa.array(ids, pa.string()))
+            filter = wanted if filter is None else filter & wanted
+            dataset = self._trial_rows(ids)
         if dataset is None:
             return schema.TRIALS_SCHEMA.empty_table().to_pandas()
         return self._read(dataset, filter=filter).to_pandas()
+
+    def _trial_rows(self, trial_ids: list[str]) -> ds.Dataset | None:
+        self.check_version()
+        candidates = sorted({self.path("trials", f"{t}.parquet") for t in trial_ids
+                             if isinstance(t, str) and TRIAL_ID.fullmatch(t)})
+        try:
+            infos = self.fs.get_file_info([self.trials_dir, *candidates])
+            if infos[0].type == pafs.FileType.NotFound:
+                return None
+            paths = [i.path for i in infos[1:] if i.type == pafs.FileType.File]
+            dataset = ds.FileSystemDataset.from_paths(
+                paths, schema=schema.TRIALS_SCHEMA, format=ds.ParquetFileFormat(),
+                filesystem=self.fs)
+        except OSError as exc:
+            raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
+        for fragment in dataset.get_fragments():
+            self._check_fragment(fragment)
+        return dataset
+
+
+def _only_trials(table: pa.Table, trial_ids: list[str]) -> pa.Table:
+    """``table`` without rows of other trials: a misplaced file must not leak rows into a
+    per-trial read. Checked after the read, not pushed down with the filter: a pushed-down
+    term costs ~6 ms over 50 chunks, the check well under 1 ms."""
+    wanted = pa.array(trial_ids, pa.string())
+    found = pc.unique(table["trial_id"])
+    if pc.all(pc.is_in(found, value_set=wanted)).as_py() is not False:
+        return table
+    return table.filter(pc.is_in(table["trial_id"], value_set=wanted))
 
 
 def latest_attempt(df: pd.DataFrame) -> pd.DataFrame:
     """Drop repeated measurements, keeping the row of the highest attempt.
 
-    Key: (trial_id, step, split, eval_task). Rows are returned sorted by trial and step.
+    Key: (trial_id, step, split, eval_task). Rows are returned sorted by trial and step, in
+    the order of a stable sort on the key and ``attempt`` with nulls first; of rows equal in
+    all five, the last read wins.
     """
     if df.empty:
         return df.reset_index(drop=True)
     keys = list(schema.KEY_COLUMNS)
-    df = df.sort_values([*keys, "attempt"], kind="stable", na_position="first")
-    df = df[~df.duplicated(keys, keep="last")]
-    return df.reset_index(drop=True)
+    # One stable numpy lexsort on integer codes instead of pandas' sort_values + duplicated,
+    # which factorise the key twice and reorder all ~35 columns before dropping anything:
+    # about half the time on a trial's 50,000 rows.
+    sort_keys = [_sort_codes(df[name]) for name in (*keys, "attempt")]
+    order = np.lexsort([a for codes in reversed(sort_keys) for a in reversed(codes)])
+    same_as_next = np.ones(len(order) - 1, dtype=bool)
+    for codes in sort_keys[:-1]:
+        for values in codes:
+            ordered = values[order]
+            same_as_next &= ordered[1:] == ordered[:-1]
+    keep = order[np.append(~same_as_next, True)]  # the last of each key: highest attempt
+    if len(keep) == len(df) and bool((keep == np.arange(len(df))).all()):
+        return df.reset_index(drop=True)  # already sorted and unique: nothing to move
+    return df.take(keep).reset_index(drop=True)
+
+
+def _sort_codes(column: pd.Series) -> list[np.ndarray]:
+    """Arrays that order ``column`` as ``sort_values(na_position="first")`` does and are
+    equal exactly where ``duplicated`` counts values equal (NA equal to NA)."""
+    if is_numeric_dtype(column.dtype) and not is_bool_dtype(column.dtype):
+        missing = column.isna().to_numpy()
+        if not missing.any():
+            return [column.to_numpy()]
+        # A leading is-present flag sorts NA first; every NA gets the same filled value, so
+        # NAs tie with each other, as duplicated() counts them.
+        return [~missing, column.fillna(0).to_numpy()]
+    codes, _ = pd.factorize(column, sort=True, use_na_sentinel=True)  # NA → -1: first
+    return [codes]
 
 
 def _quiet_delete(fs: pafs.FileSystem, path: str) -> None:
