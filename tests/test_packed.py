@@ -69,7 +69,7 @@ def test_rotation_and_learned_contexts_pack_exactly():
                                 for s in (5, 6)])
 
 
-@pytest.mark.parametrize("schedule", ["cycle", "local_mix"])
+@pytest.mark.parametrize("schedule", ["cycle", "fast", "local_mix"])
 def test_context_schedules_pack_exactly(schedule):
     # the context changes inside a task (every 10 steps, or every step), 4 contexts reused
     assert_packed_equals_alone([cfg(psp="complex", seed=s, tasks=2, context_schedule=schedule,
@@ -91,6 +91,19 @@ def test_a_diverging_member_stops_alone_and_the_others_go_on():
     summaries, _ = assert_packed_equals_alone(cfgs)
     assert [s.status for s in summaries] == ["diverged", "diverged", "completed"]
     assert summaries[0].diverged_at_step != summaries[1].diverged_at_step
+
+
+def test_on_boundary_sees_every_member_once_per_task():
+    """One call per task with each member's state while it trains and its summary once it has
+    stopped: what a checkpoint of the whole pack needs."""
+    cfgs = [cfg(psp="binary", optimizer="sgd", lr=3.0, seed=s) for s in (3, 4, 5)]
+    calls = []
+    summaries, _ = packed(cfgs, on_boundary=lambda task, outcomes: calls.append((task, outcomes)))
+    assert [task for task, _ in calls] == [0, 1, 2]
+    for task, outcomes in calls[:2]:
+        assert [o["next_task"] for o in outcomes] == [task + 1] * 3
+    last = calls[2][1]
+    assert last[:2] == summaries[:2] and last[2]["steps_done"] == 120  # seeds 3, 4 diverged in task 2
 
 
 def test_task_end_states_resume_alone_or_packed():
@@ -129,6 +142,9 @@ def test_pack_groups_follow_the_spec_setting():
     assert pack_groups(cfgs, "off") == [[i] for i in range(7)]
     assert pack_groups(cfgs, 2) == [[0, 1], [2, 3], [4], [5], [6]]
     assert pack_groups(cfgs, "auto") == [[0, 1, 2, 3, 4], [5], [6]]  # CPU, width ≤ 1024: 8
+    wide = [cfg(units=2048, seed=s) for s in range(3)]
+    assert pack_groups(wide, "auto", device="cpu") == [[0], [1], [2]]  # compute-bound: no gain
+    assert pack_groups(wide, "auto", device="cuda") == [[0, 1, 2]]     # the trials' device decides
     with pytest.raises(ValueError, match="pack"):
         pack_groups(cfgs, "sometimes")
 

@@ -34,7 +34,9 @@ On GPU, bmm and batched reductions are used throughout and results agree to roun
 Limits (refused with a ValueError naming the field): mlp models with one head, the permuted
 stream, no penalty; members may differ only in ``seed`` and in ``psp`` within one shape
 family — real diagonal {none, binary} (a masked bias serves the 'none' members), rotation,
-or complex {complex, onepower}.
+or complex {complex, onepower}. Every context schedule (task, cycle, fast, local_mix) is
+supported: members share the schedule fields, so one ``loop.context_at`` per step serves the
+whole pack, and each member builds its contexts as ``train`` does (``contexts_needed``).
 """
 from __future__ import annotations
 
@@ -110,14 +112,17 @@ def pack_key(cfg: TrialConfig) -> tuple:
     return shared + (("family", psp),)
 
 
-def auto_pack_size(cfg: TrialConfig) -> int:
+def auto_pack_size(cfg: TrialConfig, device: str | None = None) -> int:
     """How many members make a pack pay off (measured: benchmarks/RESULTS.md, field notes).
 
     CPU: stacking gains ~2.4x at width 128, ~1.45x at 512, ~1x at 2048 (compute-bound), so
     pack 8 up to width 1024 and not at all above. GPU: a width-2048 step is ~16 µs of
     arithmetic against ~0.5 ms of launches; 32 members fill an H100 at widths <= 512.
+
+    ``device`` stands in for ``cfg.device == 'auto'``: a sweep's driver may run on a CPU head
+    while its trials run on GPU workers, so it says which device the trials will get.
     """
-    device = resolve_device(cfg.device)
+    device = resolve_device(device if cfg.device == "auto" and device else cfg.device)
     if cfg.model != "mlp" or cfg.heads != "single" or cfg.stream != "permuted" or cfg.penalty != "none":
         return 1
     if device.type == "cuda":
@@ -125,11 +130,13 @@ def auto_pack_size(cfg: TrialConfig) -> int:
     return 8 if cfg.units <= 1024 else 1
 
 
-def pack_groups(cfgs: Sequence[TrialConfig], pack: str | int = "auto") -> list[list[int]]:
+def pack_groups(cfgs: Sequence[TrialConfig], pack: str | int = "auto",
+                device: str | None = None) -> list[list[int]]:
     """Split ``cfgs`` into packs: lists of indices into ``cfgs``, in the configs' order.
 
     ``pack``: 'off' (every config alone), an int N (at most N per pack) or 'auto'
-    (``auto_pack_size`` of each group). Only configs with equal ``pack_key`` share a pack.
+    (``auto_pack_size`` of each group, for ``device``). Only configs with equal ``pack_key``
+    share a pack; configs ``check_packable`` refuses stay alone.
     """
     if pack == "off" or pack == 1:
         return [[i] for i in range(len(cfgs))]
@@ -142,7 +149,7 @@ def pack_groups(cfgs: Sequence[TrialConfig], pack: str | int = "auto") -> list[l
         groups.setdefault(pack_key(cfg), []).append(i)
     packs = []
     for members in groups.values():
-        size = auto_pack_size(cfgs[members[0]]) if pack == "auto" else pack
+        size = auto_pack_size(cfgs[members[0]], device) if pack == "auto" else pack
         if size <= 1:
             packs += [[i] for i in members]
             continue
@@ -464,6 +471,7 @@ class _Member:
 def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
                  resumes: Sequence[dict[str, Any] | None] | None = None,
                  on_task_end: Sequence[TaskEnd | None] | TaskEnd | None = None,
+                 on_boundary: Callable[[int, list[dict[str, Any] | TrialSummary]], None] | None = None,
                  progress: bool = False, cuda_graph: bool = False,
                  exact: bool | None = None) -> list[TrialSummary]:
     """Train ``cfgs`` as one packed model; member p's rows go to ``sinks[p]`` exactly as
@@ -471,7 +479,12 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
 
     ``resumes``: per member, a state from ``on_task_end`` (of ``train`` or of a pack) or None;
     all given states must be at the same task boundary. ``on_task_end``: one callable per
-    member (or one for all), called as ``train`` calls it. ``cuda_graph``: on CUDA, replay the
+    member (or one for all), called as ``train`` calls it. ``on_boundary(task, outcomes)``:
+    called once at the end of every task trained, after the sinks and ``on_task_end``, with
+    one outcome per member: its state (as ``on_task_end`` gets it) while it trains, its final
+    ``TrialSummary`` once it has stopped (diverged) — what checkpointing the whole pack at
+    once needs, since the members' ``on_task_end`` calls cannot tell which one is the last.
+    ``cuda_graph``: on CUDA, replay the
     whole training step as one CUDA graph (for small models the step is launch-bound).
     ``exact``: probe for bit-identical products (default: on CPU).
     """
@@ -595,12 +608,16 @@ def train_packed(cfgs: Sequence[TrialConfig], sinks: Sequence[Sink], *,
             m.sink(task, train_rows + m.test_rows)
             finished.append(p)
         steps_done = (task + 1) * spt
-        if any(state[p].on_task_end is not None for p in finished):
+        states: dict[int, dict[str, Any]] = {}
+        if on_boundary is not None or any(state[p].on_task_end is not None for p in finished):
             exported = model.export(optimizer, member_opts)
-            for p in finished:
-                if state[p].on_task_end is not None:
-                    state[p].on_task_end(task, {**exported[p], "next_task": task + 1,
-                                                "steps_done": steps_done, "penalty": None})
+            states = {p: {**exported[p], "next_task": task + 1, "steps_done": steps_done,
+                          "penalty": None} for p in finished}
+        for p in finished:
+            if state[p].on_task_end is not None:
+                state[p].on_task_end(task, states[p])
+        if on_boundary is not None:
+            on_boundary(task, [m.summary or states[p] for p, m in enumerate(state)])
     return [m.summary or TrialSummary("completed", cfg.tasks * spt, cfg.tasks, str(device))
             for m in state]
 
