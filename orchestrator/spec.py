@@ -75,7 +75,25 @@ class SweepSpec(BaseModel):
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(3, ge=-1)   # -1: retry forever (Tune's convention)
     checkpoint_keep: int = Field(2, ge=1)
+    # Packing: grid points that share parameter shapes (seeds; psp none/binary, or
+    # complex/onepower; one width...) train as one batched model in one Tune trial
+    # (trainables/packed.py); each stays its own trial in the store. 'auto' picks the pack
+    # size per shape (8 on CPU up to width 1024, 16-32 on GPU), N packs at most N, 'off' never.
+    # Default 'off': a pack changes what Tune schedules (resources, max_concurrent and
+    # retries count packs: one failure restarts every member) and on GPU its results agree
+    # with unpacked runs only to rounding (bit for bit on CPU), so a spec opts in where many
+    # small same-shaped trials would leave a GPU idle.
+    pack: Any = "off"
     smoke: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack_setting(cls, pack: Any) -> str | int:
+        if pack is False:  # YAML reads an unquoted `off` as false
+            return "off"
+        if pack in ("auto", "off") or (type(pack) is int and pack >= 1):
+            return pack
+        raise ValueError("must be auto, off or a positive number of trials per pack")
 
     @field_validator("storage")
     @classmethod

@@ -49,6 +49,11 @@ BAD_SPECS = {
     "unknown smoke parameter": ("smoke: {widht: 3}", "smoke.widht"),
     "bad smoke value": ("smoke: {tasks: 0}", "smoke.tasks"),
     "max_failures below -1": ("max_failures: -2", "max_failures"),
+    "pack of zero": ("pack: 0", "pack"),
+    "pack: an unknown word": ("pack: sometimes", "pack"),
+    "pack: a quoted number": ('pack: "4"', "pack"),
+    "pack: true says no size": ("pack: true", "pack"),
+    "pack: a fraction": ("pack: 2.5", "pack"),
 }
 
 
@@ -173,7 +178,15 @@ def test_paper_fig2_matches_the_paper_setup():
     assert {t["units"] for t in trials} == {128, 256, 512, 1024, 2048}
     assert {t["psp"] for t in trials} == {"none", "binary"}
     assert all(t["tasks"] == 50 and t["steps_per_task"] == 1000 for t in trials)
-    assert spec.resources.gpu == 0.25
+    assert spec.resources.gpu == 0.25 and spec.pack == "auto"
+
+
+@pytest.mark.parametrize("text, pack", [("auto", "auto"), ("off", "off"), ("no", "off"),
+                                        ('"off"', "off"), ("8", 8), ("1", 1)])
+def test_pack_setting(text, pack):
+    # an unquoted `off` is YAML's false: it still means off
+    assert parse_spec(f"grid: {{seed: [0, 1]}}\npack: {text}\n").pack == pack
+    assert parse_spec("grid: {seed: [0, 1]}\n").pack == "off"
 
 
 def test_validation_is_fast_in_process():
