@@ -14,6 +14,7 @@ sweep runs, after it ended, and after its driver died — and it does not import
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,9 @@ from orchestrator.spec import SweepSpec, check_name
 from orchestrator.store import Store, resolve
 
 SWEEP_FILE = "psplab-sweep.json"
+# The Tune config key of a packed trial: its members' grid values (the rest of the config is
+# shared by all of them).
+PACK_KEY = "pack_members"
 # Set before Ray is imported: no usage reporting; no per-trial CSV/JSON/TensorBoard loggers
 # (every measurement is already in the store, and they cost time); no nagging about the
 # snapshot that a task checkpoint forces.
@@ -85,23 +89,26 @@ def launch(spec: SweepSpec, *, name: str | None = None, storage: str | None = No
     meta = {"name": paths.name, "store": paths.store, "grid": grid, "fixed": fixed,
             "resources": spec.resources.model_dump(), "max_concurrent": spec.max_concurrent,
             "max_failures": spec.max_failures, "checkpoint_keep": spec.checkpoint_keep,
-            "trials": len(spec.trials(smoke=smoke))}
+            "trials": len(spec.trials(smoke=smoke)), "pack": spec.pack}
     if _exists(paths.experiment):
         if not resume:
             raise UserError(f"sweep {paths.name!r} exists at {paths.experiment}; continue it with "
                             f"`psp sweep resume {paths.name} --storage {paths.storage}` (or "
                             f"`launch --resume`), or pick another --name")
         old = read_sweep_file(paths)
-        if (old["grid"], old["fixed"]) != (_jsonable(grid), _jsonable(fixed)):
+        if (old["grid"], old["fixed"], old.get("pack", "off")) != (_jsonable(grid), _jsonable(fixed),
+                                                                    spec.pack):
             raise UserError(f"sweep {paths.name!r} at {paths.experiment} was launched with another "
-                            f"grid; it resumes only as launched: pick another --name")
+                            f"grid or pack setting; it resumes only as launched: pick another --name")
         return resume_sweep(paths.name, paths.storage, address=address, verbose=verbose)
     tune, started = _connect(address)
     try:
         _check_resources(meta["resources"], autoscaling=address is not None)
+        meta["packs"] = grid_packs(grid, fixed, spec.pack, gpu=spec.resources.gpu)
         Store(paths.store).initialise()
         _write_json(paths.sweep_file, meta)
-        print(f"sweep {paths.name}: {meta['trials']} trials → {paths.experiment}", flush=True)
+        packing = f" in {len(meta['packs'])} packs" if meta["packs"] is not None else ""
+        print(f"sweep {paths.name}: {meta['trials']} trials{packing} → {paths.experiment}", flush=True)
         return _run(_new_tuner(tune, meta, paths, verbose), paths)
     finally:
         _disconnect(started)
@@ -132,9 +139,50 @@ def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose
         _disconnect(started)
 
 
+def grid_packs(grid: dict[str, list], fixed: dict[str, Any], pack: str | int, *,
+               gpu: float) -> list[list[dict[str, Any]]] | None:
+    """The grid points grouped into packs, each a list of grid-axis values (None: no packing).
+
+    The pack size 'auto' picks is the one for the device the trials will get (the spec's
+    resources), not the driver's: a driver on a CPU head node launches GPU trials.
+    """
+    if pack in ("off", 1):
+        return None
+    from trainables.config import TrialConfig
+    from trainables.packed import pack_groups  # imports torch: only packed sweeps pay for it
+
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    cfgs = [TrialConfig(**fixed, **point) for point in points]
+    groups = pack_groups(cfgs, pack, device="cuda" if gpu > 0 else "cpu")
+    return [[points[i] for i in group] for group in groups]
+
+
+def member_trial_id(pack_id: str, k: int) -> str:
+    """The store's trial id of member k of the pack that Tune runs as trial ``pack_id``."""
+    return f"{pack_id}_p{k}"
+
+
+def expand_packs(trials: dict[str, dict]) -> dict[str, dict]:
+    """Tune's trials as the store counts them: a pack's Tune trial stands for each of its
+    members (with the pack's state and the member's own config)."""
+    expanded = {}
+    for trial_id, trial in trials.items():
+        config = trial.get("config") or {}
+        if PACK_KEY not in config:
+            expanded[trial_id] = trial
+            continue
+        shared = {key: value for key, value in config.items() if key != PACK_KEY}
+        for k, member in enumerate(config[PACK_KEY]):
+            expanded[member_trial_id(trial_id, k)] = {**trial, "config": {**shared, **member}}
+    return expanded
+
+
 def _new_tuner(tune, meta: dict[str, Any], paths: SweepPaths, verbose: int):
-    param_space = {**meta["fixed"],
-                   **{key: tune.search.grid_search(values) for key, values in meta["grid"].items()}}
+    if meta.get("packs") is not None:  # one Tune trial per pack
+        param_space = {**meta["fixed"], PACK_KEY: tune.search.grid_search(meta["packs"])}
+    else:
+        param_space = {**meta["fixed"],
+                       **{key: tune.search.grid_search(values) for key, values in meta["grid"].items()}}
     return tune.Tuner(
         _trainable(tune, meta),
         param_space=param_space,
@@ -149,10 +197,12 @@ def _new_tuner(tune, meta: dict[str, Any], paths: SweepPaths, verbose: int):
 
 
 def _trainable(tune, meta: dict[str, Any]):
-    from orchestrator.trainable import run_trial
+    from orchestrator.trainable import run_pack, run_trial
 
+    # Resources are per Tune trial: a pack is one process and asks for what one trial would.
     resources = {"cpu": meta["resources"]["cpu"], "gpu": meta["resources"]["gpu"]}
-    fn = tune.with_parameters(run_trial, sweep=meta["name"], store_uri=meta["store"])
+    run = run_pack if meta.get("packs") is not None else run_trial
+    fn = tune.with_parameters(run, sweep=meta["name"], store_uri=meta["store"])
     fn.__name__ = "psplab"  # Tune names trials and their directories after the trainable
     return tune.with_resources(fn, resources)
 
@@ -285,6 +335,7 @@ def sweep_status(name: str, storage: str) -> str:
         raise UserError(f"no sweep {name!r} under {paths.storage}")
     meta = read_sweep_file(paths) if _exists(paths.sweep_file) else {"grid": {}}
     tune_trials, snapshot_age = _tune_trials(paths)
+    tune_trials = expand_packs(tune_trials)  # a packed sweep still lists one trial per grid point
     store = Store(paths.store)
     rows = {}
     if _exists(paths.store):
