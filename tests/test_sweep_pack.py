@@ -175,3 +175,77 @@ def test_a_packed_sweep_stores_what_the_unpacked_sweep_stores(tmp_path, ray_loca
     status = sweep_status("packed", str(tmp_path))
     assert "4 of 4 trials started" in status and "TERMINATED 4" in status, status
     assert status.count("100/100 100%") == 4 and "_p2" in status
+
+
+KILL_SPEC = """
+name: packkill
+dataset: mnist5k
+steps_per_task: 300
+eval_every: 100
+grid:
+  psp: [none, binary]
+  seed: [0, 1]
+fixed: {units: 32, tasks: 4}
+resources: {cpu: 1, gpu: 0}
+max_failures: 2
+pack: 4
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_pack_worker_resumes_every_member_from_the_pack_checkpoint(tmp_path, exactly_once):
+    """SIGKILL the process training a pack after its second task: Tune restarts the pack from
+    its last checkpoint; every member ends completed, attempt 1, each measurement once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    spec = tmp_path / "packkill.yaml"
+    spec.write_text(KILL_SPEC)
+    storage = tmp_path / "sweeps"
+    store = storage / "packkill" / "results"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", "launch", str(spec),
+         "--storage", str(storage), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, start_new_session=True)
+
+    def pack_workers() -> list[int]:
+        """The Tune trial process, found only among the processes of this driver's session."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getsid(int(entry.name)) == driver.pid and \
+                        b"ImplicitFunc" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+        return found
+
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((store / "steps").glob("*/task-000001.parquet"))) < 4:
+            assert driver.poll() is None, driver.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no task-1 chunks after 300 s"
+            time.sleep(0.05)
+        workers = pack_workers()
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = driver.communicate(timeout=400)
+        assert driver.returncode == 0, out[-3000:] + err[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+
+    steps, trials = exactly_once(store, n_trials=4)
+    assert (trials.status == "completed").all() and (trials.attempt == 1).all()
+    assert (trials.restarts == 1).all() and trials.restored_from_task.nunique() == 1
+    first = int(trials.restored_from_task.iloc[0])
+    assert first >= 1  # the pack restarted from a checkpoint, not from scratch
+    assert (steps[steps.task < first].attempt == 0).all() and (steps[steps.task >= first].attempt == 1).all()
