@@ -78,7 +78,8 @@ class SweepSpec(BaseModel):
     # Packing: grid points that share parameter shapes (seeds; psp none/binary, or
     # complex/onepower; one width...) train as one batched model in one Tune trial
     # (trainables/packed.py); each stays its own trial in the store. 'auto' picks the pack
-    # size per shape (8 on CPU up to width 1024, 16-32 on GPU), N packs at most N, 'off' never.
+    # size per shape (8 on CPU up to width 1024, 16-32 on GPU; it does not count the cluster's
+    # free slots, so on a few CPUs it can leave some idle), N packs at most N, 'off' never.
     # Default 'off': a pack changes what Tune schedules (resources, max_concurrent and
     # retries count packs: one failure restarts every member) and on GPU its results agree
     # with unpacked runs only to rounding (bit for bit on CPU), so a spec opts in where many

@@ -32,8 +32,8 @@ def test_grid_points_are_grouped_by_shape():
     assert grid_packs(grid, fixed, "off", gpu=0) is None and grid_packs(grid, fixed, 1, gpu=0) is None
     packs = grid_packs(grid, fixed, 3, gpu=0)
     # {none, binary} share a shape (4 points: 3 + 1); complex has its own (2 points)
-    assert packs == [[{"psp": "none", "seed": 0}, {"psp": "none", "seed": 1}, {"psp": "binary", "seed": 0}],
-                     [{"psp": "binary", "seed": 1}], [{"psp": "complex", "seed": 0}, {"psp": "complex", "seed": 1}]]
+    assert [[(m["psp"], m["seed"]) for m in pack] for pack in packs] == [
+        [("none", 0), ("none", 1), ("binary", 0)], [("binary", 1)], [("complex", 0), ("complex", 1)]]
     # auto: the trials' device decides (GPU: 32 per pack), and width 2048 on CPU does not pack
     assert len(grid_packs(grid, fixed, "auto", gpu=0.25)) == 2
     assert len(grid_packs(grid, {**fixed, "units": 2048}, "auto", gpu=0)) == 6
