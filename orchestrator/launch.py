@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 
 from orchestrator.cli import UserError
 from orchestrator.spec import SweepSpec, check_name
-from orchestrator.store import Store, resolve
+from orchestrator.store import Store, StoreError, resolve
 
 SWEEP_FILE = "psplab-sweep.json"
 # The Tune config key of a packed trial: its members' grid values (the rest of the config is
@@ -218,6 +218,7 @@ def _run(tuner, paths: SweepPaths) -> int:
     print(f"analyse:  psp results {paths.store}")
     print(f"          psp plots {paths.store} --out results/figures/{paths.name}")
     print(f"status:   psp sweep status {paths.name} --storage {paths.storage}")
+    print("\n".join(_restart_lines(paths)))
     if states["ERROR"]:
         print(f"{states['ERROR']} trial(s) failed after their retries; `psp sweep resume "
               f"{paths.name} --storage {paths.storage}` retries them", file=sys.stderr)
@@ -329,7 +330,8 @@ def _jsonable(value: Any) -> Any:
 
 # ---- status --------------------------------------------------------------------------------
 def sweep_status(name: str, storage: str) -> str:
-    """Trials by state, each trial's progress, and the first line of every error."""
+    """Trials by state, each trial's progress, restarts (naming trials that started over from
+    scratch), and the first line of every error."""
     paths = sweep_paths(storage, name)
     if not _exists(paths.experiment):
         raise UserError(f"no sweep {name!r} under {paths.storage}")
@@ -337,9 +339,10 @@ def sweep_status(name: str, storage: str) -> str:
     tune_trials, snapshot_age = _tune_trials(paths)
     tune_trials = expand_packs(tune_trials)  # a packed sweep still lists one trial per grid point
     store = Store(paths.store)
-    rows = {}
+    rows, restarts = {}, []
     if _exists(paths.store):
         table = store.read_trials()
+        restarts = ["", *restart_report(store, table)]
         table = table.astype(object).where(table.notna(), None)  # NaN → None
         rows = {r["trial_id"]: r for r in table.to_dict("records")}
 
@@ -366,18 +369,61 @@ def sweep_status(name: str, storage: str) -> str:
         error = _first_error_line(paths, tune_trial) or row.get("error")
         if error:
             errors.append(f"  {trial_id}: {error}")
+    lines += restarts
     if errors:
         lines += ["", "errors:", *errors]
     return "\n".join(lines)
+
+
+def restart_report(store: Store, trials) -> list[str]:
+    """How often trials restarted, and which had to start again from scratch (no task
+    checkpoint to resume from: their work so far was lost and redone), so that is never hidden.
+
+    ``trials`` is the store's trials table. Its row keeps only a trial's latest attempt, so an
+    earlier restart from scratch is found in the store's chunk of task 0: a checkpoint is taken
+    at every task's end, so only an attempt that started from scratch writes task 0 again.
+    """
+    restarted = trials[trials.restarts.fillna(0) > 0].sort_values("trial_id")
+    if restarted.empty:
+        return ["restarts: none"]
+    scratch = [t.trial_id for t in restarted.itertuples() if _restarted_from_scratch(store, t)]
+    return [f"restarts: {int(restarted.restarts.sum())} in {len(restarted)} trial(s)",
+            "restarted from scratch (no checkpoint to resume from): "
+            + (f"{len(scratch)} trial(s): {', '.join(scratch)}" if scratch else "none")]
+
+
+def _restarted_from_scratch(store: Store, trial) -> bool:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if pd.isna(trial.restored_from_task):  # the latest attempt found no checkpoint
+        return True
+    try:
+        attempts = pq.read_table(store.chunk_path(trial.trial_id, 0), columns=["attempt"],
+                                 filesystem=store.fs).column("attempt").to_pylist()
+    except (OSError, pa.ArrowInvalid):  # not written yet, or a bad file `psp fsck` names
+        return False
+    return max(attempts, default=0) >= 1
+
+
+def _restart_lines(paths: SweepPaths) -> list[str]:
+    store = Store(paths.store)
+    try:
+        return restart_report(store, store.read_trials())
+    except StoreError as exc:  # the sweep's own outcome is already said; do not hide it
+        return [f"restarts: unknown, the trials table is unreadable ({exc})"]
 
 
 def _tune_trials(paths: SweepPaths) -> tuple[dict[str, dict], float | None]:
     """Trials in Tune's latest experiment snapshot (pinned Ray: experiment_state-*.json)."""
     fs, root = resolve(paths.experiment)
     selector = pafs.FileSelector(root, recursive=False)
+    # The latest as Tune picks it, by the timestamp in its name: a resume uploads every earlier
+    # snapshot again, so their modification times say nothing.
     snapshots = sorted((i for i in fs.get_file_info(selector)
                         if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")),
-                       key=lambda i: i.mtime_ns or 0)
+                       key=lambda i: i.base_name)
     if not snapshots:
         return {}, None
     latest = snapshots[-1]
