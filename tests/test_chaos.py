@@ -100,12 +100,15 @@ def chunks_by_trial(store: Path) -> dict[str, int]:
 
 
 def trial_rows(store: Path) -> dict[str, dict]:
-    """Each trial's row as the store has it now (files are replaced whole, never half-written)."""
+    """Each trial's row as the store has it now. Files are replaced whole by a rename, so the
+    hidden ``.tmp-…`` files being written are skipped, as every reader of the store does."""
     rows = {}
     for path in (store / "trials").glob("*.parquet"):
+        if path.name.startswith((".", "_")):
+            continue
         try:
             row = pq.read_table(path).to_pylist()[0]
-        except (OSError, IndexError):  # replaced between the listing and the read
+        except (OSError, ValueError, IndexError):  # replaced between the listing and the read
             continue
         rows[row["trial_id"]] = row
     return rows
@@ -128,12 +131,25 @@ def on_node(pid: int, raylets: dict[int, object]):
     return None
 
 
+def wait_dead(pid: int, timeout: float = 30) -> None:
+    """Until ``pid`` is gone or a zombie: after that it writes nothing more to the store."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"process {pid} still alive {timeout:.0f} s after SIGKILL")
+
+
 @dataclass
 class Victim:
     pid: int
     trial_id: str
     attempt: int      # the attempt the trials row says is running: a kill must end it
-    chunks: int       # the trial's chunks at the kill; 0: it had no checkpoint yet
+    chunks: int       # the trial's chunks once its process is dead; 0: it had no checkpoint
     node: object
 
 
@@ -227,15 +243,20 @@ def test_random_node_and_worker_kills(tmp_path, ray_cluster_nodes, exactly_once)
             victims = wait_for(lambda: running_trials(cluster, name, store), 120,
                                f"a running trial to {kind}", driver)
             if kind == "sigkill":
-                victim = rng.choice(victims)
-                os.kill(victim.pid, signal.SIGKILL)
-                hits.append((kind, victim))
+                hit = [rng.choice(victims)]
+                os.kill(hit[0].pid, signal.SIGKILL)
             else:
                 nodes = sorted({id(v.node): v.node for v in victims}.values(), key=lambda n: n.node_id)
                 node = rng.choice(nodes)
                 cluster.remove_node(node, allow_graceful=False)
                 cluster.add_node(num_cpus=1)  # preemptible capacity comes back
-                hits += [(kind, v) for v in victims if v.node is node]
+                hit = [v for v in victims if v.node is node]
+            for victim in hit:  # its workers outlive the raylet for a moment
+                wait_dead(victim.pid, timeout=60)
+            chunks = chunks_by_trial(store)  # a chunk may have landed between the look and the kill
+            for victim in hit:
+                victim.chunks = chunks.get(victim.trial_id, 0)
+            hits += [(kind, victim) for victim in hit]
             print(f"{time.strftime('%X')} {kind}: {[(k, v.trial_id, v.attempt, v.chunks) for k, v in hits]}")
         out, err = driver.communicate(timeout=300)
     finally:
