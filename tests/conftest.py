@@ -3,7 +3,9 @@
 - ``ray_local``: this process connected to a fresh 2-CPU local Ray (session-wide). Never
   attaches to a cluster another process started on this machine (``address="local"``).
 - ``ray_cluster``: a real multi-node Ray on this machine (`ray.cluster_utils.Cluster`): a head
-  with no CPUs, so every task runs on a worker node, plus two 1-CPU worker nodes. This process
+  with no CPUs, so every task runs on a worker node, plus two 1-CPU worker nodes; the head also
+  serves Ray Client on ``ray_cluster.client_port``. One per session: a second `Cluster` in the
+  same process resets Ray's process-wide address and KV state when it shuts down. This process
   does *not* connect to it; drivers (`psp sweep launch --address ...`) run in subprocesses, so
   a test can kill nodes and drivers like real failures. Tests that remove nodes must leave two
   live worker nodes behind: use ``ray_cluster_nodes``, which adds them back.
@@ -15,6 +17,7 @@ together with an in-process driver of the cluster (one `ray.init` per process).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -23,12 +26,30 @@ import pytest
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
+def _restore_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     os.environ.update(RAY_ENV)
     import ray
 
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A new local Ray turns token auth on by setting RAY_AUTH_MODE=token in os.environ. Left
+    # there, every driver a later test starts inherits it and refuses the unauthenticated
+    # calls of ``ray_cluster``'s raylets, so its trials die unscheduled (seen on CI).
+    _restore_env("RAY_AUTH_MODE", auth_mode)
     yield ray
     ray.shutdown()
 
@@ -38,7 +59,10 @@ def ray_cluster():
     os.environ.update(RAY_ENV)
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    client_port = free_port()
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "ray_client_server_port": client_port})
+    cluster.client_port = client_port
     for _ in range(2):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

@@ -2,9 +2,6 @@
 laptop drives a cluster whose head exposes the client server (port 10001 by default). Through
 Ray Client the Tuner itself runs on the cluster, so this checks more than a plain address does:
 that the trainable, the store and our Tune settings all arrive there."""
-import os
-import socket
-
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -22,28 +19,13 @@ max_concurrent: 2
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(600)
-def test_sweep_through_ray_client_stores_every_row_once(tmp_path, psp, exactly_once):
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    from ray.cluster_utils import Cluster
-
-    port = free_port()
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 2, "ray_client_server_port": port})
-    try:
-        cluster.wait_for_nodes()
-        spec = tmp_path / "client.yaml"
-        spec.write_text(SPEC)
-        result = psp("sweep", "launch", str(spec), "--address", f"ray://127.0.0.1:{port}",
-                         "--storage", str(tmp_path / "sweeps"), "--quiet", timeout=400)
-    finally:
-        cluster.shutdown()
+def test_sweep_through_ray_client_stores_every_row_once(tmp_path, ray_cluster, psp, exactly_once):
+    spec = tmp_path / "client.yaml"
+    spec.write_text(SPEC)
+    result = psp("sweep", "launch", str(spec), "--address",
+                 f"ray://127.0.0.1:{ray_cluster.client_port}",
+                 "--storage", str(tmp_path / "sweeps"), "--quiet", timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 finished, 0 failed" in result.stdout, result.stdout[-2000:]
     # Our settings reached the Tuner on the cluster: no per-trial CSV/JSON loggers.
