@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     for module_name in ("orchestrator.sweep_cli", "analysis.cli", "orchestrator.fsck",
-                        "trainables.download"):
+                        "orchestrator.compact", "trainables.download"):
         module = _optional_import(module_name)
         if module is not None and hasattr(module, "register"):
             module.register(sub)

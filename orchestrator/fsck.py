@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    _refuse_missing_local(args.store)
+    refuse_missing_local(args.store)
     from orchestrator.store import Store  # pandas and pyarrow only once the path exists
 
     store = Store(args.store)
@@ -82,7 +82,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if report.problems else EXIT_CLEAN
 
 
-def _refuse_missing_local(uri: str) -> None:
+def refuse_missing_local(uri: str) -> None:
     """Fail in milliseconds on a mistyped path, before pyarrow is imported."""
     from orchestrator.cli import UserError
 
@@ -128,7 +128,7 @@ def check(store) -> Report:
         raise StoreError(f"{store.uri}: no such store")
     _check_manifest(store, report)
     files = _list_files(store)
-    if not report.problems and not files and not _has_layout(store):
+    if not report.problems and not files and not has_layout(store):
         raise StoreError(f"{store.uri}: not a psplab store (no _psplab.json, steps/ or trials/)")
     chunk_keys, trial_ids = _check_files(store, files, report)
     report.chunks, report.trials = len(chunk_keys), len(trial_ids)
@@ -170,7 +170,7 @@ def _check_manifest(store, report: Report) -> None:
         with store.fs.open_input_stream(path) as handle:
             body = handle.read()
     except FileNotFoundError:
-        if _has_layout(store):
+        if has_layout(store):
             report.warnings.append(f"{path}: no manifest (written by `Store.initialise`)")
         return
     try:
@@ -183,7 +183,7 @@ def _check_manifest(store, report: Report) -> None:
                          f"up to {schema.SCHEMA_VERSION}; upgrade psplab")
 
 
-def _has_layout(store) -> bool:
+def has_layout(store) -> bool:
     import pyarrow.fs as pafs
 
     infos = store.fs.get_file_info([store.steps_dir, store.trials_dir])

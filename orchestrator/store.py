@@ -273,6 +273,13 @@ class Store:
                     ) from exc
                 _sleep(self.retry_backoff_s * 2**attempt)
 
+    def trial_files(self, trial_id: str) -> list[str]:
+        """The Parquet files that hold ``trial_id``'s rows (chunks, or one compacted file)."""
+        try:
+            return sorted(self._visible_files(self.path("steps", check_trial_id(trial_id))))
+        except OSError as exc:
+            raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
+
     def compact_trial(self, trial_id: str) -> str | None:
         """Merge a finished trial's chunk files into one file; returns its path (None: no chunks).
 

@@ -108,6 +108,11 @@ CLI_CASES = [
          imports="arrow"),
     Case("fsck-no-store-argument", ("fsck",), "store"),
     Case("fsck-unknown-flag", ("fsck", "{tmp}/store", "--fix"), "--fix"),
+    # ---- psp compact ------------------------------------------------------------------------
+    Case("compact-missing-path", ("compact", "{tmp}/nonexistent"), "{tmp}/nonexistent"),
+    Case("compact-not-a-store", ("compact", "{tmp}/empty"), "not a psplab store", imports="arrow"),
+    Case("compact-newer-manifest", ("compact", "{tmp}/newer-store"),
+         f"{{tmp}}/newer-store/{MANIFEST}", imports="arrow"),
     # ---- psp ----------------------------------------------------------------------------------
     Case("no-command", (), "command"),
     Case("unknown-command", ("frobnicate",), "frobnicate"),

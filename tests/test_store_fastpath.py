@@ -174,3 +174,30 @@ def test_latest_attempt_matches_pandas_sort_and_duplicated():
             "row": np.arange(n),
         })
         pd.testing.assert_frame_equal(latest_attempt(df), reference(df), obj=f"case {case}")
+
+
+def test_psp_compact_merges_finished_trials_only(tmp_path, capsys):
+    """`psp compact` merges completed/diverged trials, leaves running and errored ones (a
+    resume writes to them) untouched, and changes no read."""
+    from orchestrator.cli import main
+
+    store = Store(str(tmp_path / "store"))
+    store.initialise()
+    for trial, status in (("done", "completed"), ("nan", "diverged"), ("live", "running"),
+                          ("bad", "error")):
+        for task in range(3):
+            store.write_chunk(trial, task, faults.synthetic_chunk(trial, task, 0))
+        store.write_trial({"trial_id": trial, "attempt": 0, "status": status})
+    before = store.read_steps().sort_values(["trial_id", "step", "eval_task"], ignore_index=True)
+
+    assert main(["compact", store.uri]) == 0
+    out = capsys.readouterr().out
+    assert "compacted 2 trial(s): 6 file(s) -> 2" in out
+    assert "live (running)" in out and "bad (error)" in out
+    assert [len(store.trial_files(t)) for t in ("done", "nan", "live", "bad")] == [1, 1, 3, 3]
+    after = store.read_steps().sort_values(["trial_id", "step", "eval_task"], ignore_index=True)
+    pd.testing.assert_frame_equal(before, after)
+    assert pd.read_parquet(store.path("steps")).shape[0] == len(before)  # pandas alone agrees
+
+    assert main(["compact", store.uri, "--trial", "nope"]) == 2
+    assert "--trial nope: no such trial" in capsys.readouterr().err
