@@ -109,7 +109,7 @@ def launch(spec: SweepSpec, *, name: str | None = None, storage: str | None = No
         _write_json(paths.sweep_file, meta)
         packing = f" in {len(meta['packs'])} packs" if meta["packs"] is not None else ""
         print(f"sweep {paths.name}: {meta['trials']} trials{packing} → {paths.experiment}", flush=True)
-        return _run(_new_tuner(tune, meta, paths, verbose), paths)
+        return _run(_new_tuner(tune, meta, paths, verbose), paths, meta)
     finally:
         _disconnect(started)
 
@@ -134,7 +134,7 @@ def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose
             raise UserError(f"{paths.experiment}: Tune's state is missing but the store has "
                             f"rows; launch under another --name")
         print(f"sweep {name}: resuming {paths.experiment}", flush=True)
-        return _run(tuner, paths)
+        return _run(tuner, paths, meta)
     finally:
         _disconnect(started)
 
@@ -196,31 +196,47 @@ def _new_tuner(tune, meta: dict[str, Any], paths: SweepPaths, verbose: int):
     )
 
 
-def _trainable(tune, meta: dict[str, Any]):
-    from orchestrator.trainable import run_pack, run_trial
+def _run_trial(config: dict[str, Any], *, sweep: str, store_uri: str) -> None:
+    # Imported here, in the trial's worker: the driver never needs torch (1.5-2 s to import).
+    from orchestrator.trainable import run_trial
 
+    run_trial(config, sweep=sweep, store_uri=store_uri)
+
+
+def _run_pack(config: dict[str, Any], *, sweep: str, store_uri: str) -> None:
+    from orchestrator.trainable import run_pack
+
+    run_pack(config, sweep=sweep, store_uri=store_uri)
+
+
+def _trainable(tune, meta: dict[str, Any]):
     # Resources are per Tune trial: a pack is one process and asks for what one trial would.
     resources = {"cpu": meta["resources"]["cpu"], "gpu": meta["resources"]["gpu"]}
-    run = run_pack if meta.get("packs") is not None else run_trial
+    run = _run_pack if meta.get("packs") is not None else _run_trial
     fn = tune.with_parameters(run, sweep=meta["name"], store_uri=meta["store"])
     fn.__name__ = "psplab"  # Tune names trials and their directories after the trainable
     return tune.with_resources(fn, resources)
 
 
-def _run(tuner, paths: SweepPaths) -> int:
+def _run(tuner, paths: SweepPaths, meta: dict[str, Any]) -> int:
     clock = time.perf_counter()
     results = tuner.fit()
     states = Counter("ERROR" if r.error else "TERMINATED" for r in results)
     elapsed = time.perf_counter() - clock
-    print(f"\nsweep {paths.name}: {len(results)} trials, {states['TERMINATED']} finished, "
+    # Tune's results are packs in a packed sweep; the store counts their members as trials.
+    noun = "trial" if meta.get("packs") is None else "pack"
+    held = "" if noun == "trial" else f" holding {meta['trials']} trials"
+    print(f"\nsweep {paths.name}: {len(results)} {noun}s{held}, {states['TERMINATED']} finished, "
           f"{states['ERROR']} failed, in {elapsed:.0f} s")
     print(f"results:  {paths.store}")
     print(f"analyse:  psp results {paths.store}")
     print(f"          psp plots {paths.store} --out results/figures/{paths.name}")
     print(f"status:   psp sweep status {paths.name} --storage {paths.storage}")
+    if not states["ERROR"]:
+        print(f"compact:  psp compact {paths.store}   (faster reads; once nothing writes there)")
     print("\n".join(_restart_lines(paths)))
     if states["ERROR"]:
-        print(f"{states['ERROR']} trial(s) failed after their retries; `psp sweep resume "
+        print(f"{states['ERROR']} {noun}(s) failed after their retries; `psp sweep resume "
               f"{paths.name} --storage {paths.storage}` retries them", file=sys.stderr)
         return 1
     return 0
@@ -353,7 +369,8 @@ def sweep_status(name: str, storage: str) -> str:
     if snapshot_age is not None:
         lines.append(f"Tune snapshot {snapshot_age:.0f} s old; progress from the results store")
     axes = list(meta["grid"])
-    header = f"{'trial':<14}{'tune':<12}{'store':<11}" + "".join(f"{a:<10}" for a in axes) \
+    width = max([12, *map(len, ids)]) + 2  # pack members' ids are longer than Tune's
+    header = f"{'trial':<{width}}{'tune':<12}{'store':<11}" + "".join(f"{a:<10}" for a in axes) \
         + f"{'progress':>16}{'attempt':>9}"
     lines += ["", header]
     errors = []
@@ -363,7 +380,7 @@ def sweep_status(name: str, storage: str) -> str:
         total = (config.get("tasks") or 0) * (config.get("steps_per_task") or 0)
         done = row.get("steps_done") or 0
         progress = f"{done}/{total} {100 * done / total:3.0f}%" if total else "?"
-        lines.append(f"{trial_id:<14}{tune_trial.get('status', '?'):<12}{row.get('status', '-'):<11}"
+        lines.append(f"{trial_id:<{width}}{tune_trial.get('status', '?'):<12}{row.get('status', '-'):<11}"
                      + "".join(f"{str(config.get(a)):<10}" for a in axes)
                      + f"{progress:>16}{_int(row.get('attempt')):>9}")
         error = _first_error_line(paths, tune_trial) or row.get("error")

@@ -2,6 +2,7 @@
 trial, each still a trial of its own in the store — the same rows, bit for bit on CPU, as the
 unpacked sweep, with its own trials row, attempts and divergence."""
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -150,12 +151,15 @@ def launch_spec(tmp_path, name: str, pack) -> pd.DataFrame:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_packed_sweep_stores_what_the_unpacked_sweep_stores(tmp_path, ray_local, exactly_once):
+def test_a_packed_sweep_stores_what_the_unpacked_sweep_stores(tmp_path, ray_local, exactly_once,
+                                                              capsys):
     from orchestrator.launch import sweep_status
 
     # pack 3: one pack of three plus a pack of one (trained by the plain loop)
     packed_store = launch_spec(tmp_path, "packed", 3)
+    assert "sweep packed: 2 packs holding 4 trials, 2 finished, 0 failed" in capsys.readouterr().out
     unpacked_store = launch_spec(tmp_path, "unpacked", "off")
+    assert "sweep unpacked: 4 trials, 4 finished, 0 failed" in capsys.readouterr().out
     packed_steps, packed_trials = exactly_once(packed_store, n_trials=4)
     steps, trials = exactly_once(unpacked_store, n_trials=4)
 
@@ -175,6 +179,7 @@ def test_a_packed_sweep_stores_what_the_unpacked_sweep_stores(tmp_path, ray_loca
     status = sweep_status("packed", str(tmp_path))
     assert "4 of 4 trials started" in status and "TERMINATED 4" in status, status
     assert status.count("100/100 100%") == 4 and "_p2" in status
+    assert re.search(r"^\w+_p2 +TERMINATED +completed ", status, re.M), status
 
 
 KILL_SPEC = """
