@@ -68,7 +68,7 @@ def _first_validation_message(exc, *, flag_style: bool) -> str:
         location = ".".join(str(part) for part in error["loc"])
         if flag_style and location:
             location = "--" + location.replace("_", "-")
-        problems.append(f"{location or 'config'}: {error['msg']}")
+        problems.append(f"{location or 'config'}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
 
 

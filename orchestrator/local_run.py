@@ -30,7 +30,13 @@ def run_one(cfg: TrialConfig, out: str, *, force: bool = False, progress: bool =
     if not out_path.parent.exists():
         raise UserError(f"--out {out}: directory {out_path.parent} does not exist")
 
-    from trainables.loop import train  # torch takes seconds to import: only once --out is valid
+    from trainables.loop import resolve_device, train  # torch: only once --out is valid
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and not _cuda_available():
+        raise UserError(f"--device {cfg.device}: this machine has no CUDA device")
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UserError("--cuda-graph: needs a CUDA device; this machine has none")
 
     trial_id = f"local-{cfg.psp}-{cfg.units}-s{cfg.seed}"
     tables: list[pa.Table] = []
@@ -56,6 +62,12 @@ def run_one(cfg: TrialConfig, out: str, *, force: bool = False, progress: bool =
     print(f"{summary.status}: {summary.steps_done} steps in {time.perf_counter() - clock:.1f} s; "
           f"wrote {len(steps)} rows to {out_path} (trial row: {trials_path(out_path)})")
     return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:

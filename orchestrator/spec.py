@@ -179,6 +179,7 @@ def parse_spec(text: str, source: str = "<spec>", *, default_name: str | None = 
         problems += [_pydantic_problem(error, SweepSpec) for error in exc.errors()]
     problems += [p for p in check_parameters(data) if p not in problems]
     if not problems and spec is not None:
+        problems += _check_gpu_options(spec)
         problems += _check_points(spec, smoke=False, label="grid")
         if spec.smoke:
             problems += _check_points(spec, smoke=True, label="smoke")
@@ -252,6 +253,18 @@ def _check_value(key: str, value: Any, where: str) -> list[str]:
         _field_adapter(key).validate_python(value, strict=True)
     except ValidationError as exc:
         return [f"{where}: {error['msg']} (got {value!r})" for error in exc.errors()]
+    return []
+
+
+def _check_gpu_options(spec: SweepSpec) -> list[str]:
+    """Options only a GPU trial can honour, in a spec whose trials get no GPU (they would
+    fail on their workers, once per retry, instead of here)."""
+    if spec.resources.gpu > 0:
+        return []
+    if spec.fixed.get("cuda_graph") is True:
+        return ["fixed.cuda_graph: needs GPU trials, but resources.gpu is 0"]
+    if True in spec.grid.get("cuda_graph", []):
+        return ["grid.cuda_graph: needs GPU trials, but resources.gpu is 0"]
     return []
 
 

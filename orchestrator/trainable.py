@@ -177,7 +177,8 @@ def train_pack(config: dict[str, Any], *, sweep: str, store: Store, pack_id: str
         else:
             summaries = train_packed([cfgs[k] for k in live], [trials[k].sink for k in live],
                                      resumes=[saved.get(k) for k in live],
-                                     on_boundary=on_boundary) if live else []
+                                     on_boundary=on_boundary,
+                                     cuda_graph=cfgs[live[0]].cuda_graph) if live else []
     except Exception as exc:
         for k in live:
             if k not in stopped:

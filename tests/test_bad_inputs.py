@@ -77,6 +77,9 @@ CLI_CASES = [
     Case("run-incremental-needs-cifar", ("run", "--stream", "incremental", "--dataset", "mnist", OUT),
          "incremental"),
     Case("run-out-missing", ("run", "--units", "8"), "--out"),
+    Case("run-cuda-graph-on-cpu", ("run", "--cuda-graph", "--device", "cpu", OUT), "--cuda-graph"),
+    Case("run-cuda-graph-learned-keys", ("run", "--cuda-graph", "--learn-context", OUT),
+         "--cuda-graph"),
     # ---- psp run: files (--out is checked before torch is imported; the data after) ----------
     Case("run-out-not-parquet", ("run", *SHORT, "--out", "{tmp}/x.csv"), "{tmp}/x.csv",
          imports="arrow"),

@@ -97,6 +97,17 @@ def test_cuda_graph_replay_matches_the_eager_loop():
     assert_close_rows(got, want)
 
 
+def test_cuda_graph_is_a_trial_option():
+    """`cuda_graph: true` in a trial's config (a sweep's `fixed:`, `psp run --cuda-graph`)
+    sends `train` through the graphed step: the same rows, to rounding."""
+    c = cfg(psp="complex", seed=5)
+    want, got = [], []
+    train(c, lambda task, rows: want.extend(rows))
+    summary = train(c.model_copy(update={"cuda_graph": True}), lambda task, rows: got.extend(rows))
+    assert summary.status == "completed"
+    assert_close_rows(got, want)
+
+
 def test_cuda_graph_pack_resumes_from_task_states():
     cfgs = [cfg(psp="binary", seed=s) for s in (1, 2)]
     states = [{}, {}]

@@ -54,6 +54,9 @@ BAD_SPECS = {
     "pack: a quoted number": ('pack: "4"', "pack"),
     "pack: true says no size": ("pack: true", "pack"),
     "pack: a fraction": ("pack: 2.5", "pack"),
+    "cuda_graph on CPU trials": ("fixed: {tasks: 3, cuda_graph: true}", "fixed.cuda_graph"),
+    "cuda_graph with learned keys": ("resources: {gpu: 1}\nfixed: {tasks: 3, cuda_graph: true, "
+                                     "learn_context: true}", "cuda_graph"),
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 PSP_TYPES = ("none", "binary", "complex", "onepower", "rotation")
 DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar")
@@ -51,6 +51,10 @@ class TrialConfig(BaseModel):
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     test_examples: int | None = Field(None, ge=1)  # cap on test images per task (None: all)
+    # Replay each training step as one CUDA graph: a small net's eager step is launch-bound on
+    # a GPU. The graphed step is the packed one (trainables/packed.py), so it takes what a
+    # pack takes: the FC net on the permuted stream, fixed contexts, no penalty.
+    cuda_graph: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +79,20 @@ class TrialConfig(BaseModel):
         if self.penalty == "none" and self.penalty_strength:
             raise ValueError("penalty_strength is set but penalty is 'none'")
         return self
+
+    @field_validator("cuda_graph")
+    @classmethod
+    def _graphable(cls, cuda_graph: bool, info: ValidationInfo) -> bool:
+        """A field validator (it runs after every other field) so errors name cuda_graph."""
+        if not cuda_graph:
+            return cuda_graph
+        if info.data.get("device") == "cpu":
+            raise ValueError("needs a CUDA device (device is 'cpu')")
+        for name, allowed in (("model", "mlp"), ("stream", "permuted"), ("heads", "single"),
+                              ("penalty", "none"), ("learn_context", False)):
+            if name in info.data and info.data[name] != allowed:
+                raise ValueError(f"supports {name}={allowed!r} only (got {info.data[name]!r})")
+        return cuda_graph
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrialConfig":

@@ -134,6 +134,12 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, context: int) -> tuple[flo
 def train(cfg: TrialConfig, sink: Sink, *, resume: dict[str, Any] | None = None,
           on_task_end: Callable[[int, dict[str, Any]], None] | None = None,
           progress: bool = False) -> TrialSummary:
+    if cfg.cuda_graph:  # the graphed step lives in the packed trainer: a pack of one
+        from trainables.packed import train_packed
+
+        (summary,) = train_packed([cfg], [sink], resumes=[resume], on_task_end=on_task_end,
+                                  progress=progress, cuda_graph=True)
+        return summary
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # oversubscribed threads are the main CPU slowdown
