@@ -163,7 +163,7 @@ def store_read(report: Report, *, quick: bool, device: str) -> None:
         why=f"the per-trial read opens only steps/{target_id}/, but {STORE_TASKS} chunk files "
             f"cost ~0.8 ms each to open and decode (34 columns each) before pandas' ~10 ms; "
             f"a compacted trial reads in {t.median('compacted') * 1e3:.0f} ms (see the next "
-            f"row): compact each trial when it finishes"))
+            f"row): `psp compact STORE` once the sweep has stopped"))
     report.add(Check(
         "3 recording", "read one compacted trial (Store.compact_trial, then read_steps), s",
         t.median("compacted"), 0.050, False, fmt="{:.3f}",

@@ -197,11 +197,11 @@ def tune_overhead(report: Report, *, quick: bool, device: str) -> None:
     detail = (f"3 tasks × {steps} steps, width 128, 2 trials at a time; " + t.describe()
               + f"; on the running Ray a launch's own cost ≈ {per_launch:.1f} s wall (each launch "
                 f"is a new Ray job: its trainable actors start fresh workers that import torch); "
-                f"a cold launch costs {cold_extra:.1f} s more (Python + Ray + torch imports in "
+                f"a cold launch costs {cold_extra:.1f} s more (Python and Ray imports in "
                 f"the driver, starting and stopping Ray); `ray start --head` took "
                 f"{ray_start:.1f} s, once, not counted")
     why = (f"a cold launch costs ≈ {per_launch + cold_extra:.1f} s whatever its size, "
-           f"{cold_extra:.1f} s of it starting Ray and importing Ray and torch in the driver, "
+           f"{cold_extra:.1f} s of it importing Ray in the driver and starting and stopping Ray, "
            f"the rest two fresh trainable actors that boot a Ray worker and import torch; "
            f"{large} trials of ~{2 * statistics.median(t.seconds[f'direct {large}']) / large:.1f}"
            f" s cannot amortise it")
