@@ -125,6 +125,8 @@ def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose
     try:
         _check_resources(meta["resources"], autoscaling=address is not None)
         if tune.Tuner.can_restore(paths.experiment):
+            for line in restore_missing_checkpoints(paths):
+                print(line, flush=True)
             tuner = tune.Tuner.restore(paths.experiment, trainable=_trainable(tune, meta),
                                        resume_unfinished=True, resume_errored=True)
         elif Store(paths.store).read_trials().empty:
@@ -137,6 +139,40 @@ def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose
         return _run(tuner, paths, meta)
     finally:
         _disconnect(started)
+
+
+def restore_missing_checkpoints(paths: SweepPaths) -> list[str]:
+    """Give every unfinished trial the checkpoint Tune's snapshot names, before a resume.
+
+    Tune deletes a trial's older checkpoints (``checkpoint_keep``) as soon as a newer one is
+    reported, but saves its experiment snapshot only every few seconds. A driver killed in
+    between leaves a snapshot naming a deleted checkpoint, and `Tuner.restore` then fails
+    that trial on every retry ("does not exist on storage anymore"; seen on CI). The trial's
+    newest surviving checkpoint is copied under the missing name: it resumes from later work,
+    never earlier, and a task it runs again replaces that task's chunk in the store.
+    Returns one line per trial mended.
+    """
+    fs, root = resolve(paths.experiment)
+    mended = []
+    for trial_id, trial in _tune_trials(paths)[0].items():
+        named, directory = trial.get("checkpoint"), trial.get("dir")
+        if trial.get("status") == "TERMINATED" or not named or not directory:
+            continue
+        trial_dir = posixpath.join(root, directory)
+        if fs.get_file_info(posixpath.join(trial_dir, named)).type != pafs.FileType.NotFound:
+            continue
+        selector = pafs.FileSelector(trial_dir, allow_not_found=True, recursive=False)
+        surviving = sorted(info.base_name for info in fs.get_file_info(selector)
+                           if info.type == pafs.FileType.Directory
+                           and info.base_name.startswith("checkpoint_") and info.base_name > named)
+        if not surviving:
+            continue  # nothing newer to resume from: Tune's own error says what is missing
+        fs.create_dir(posixpath.join(trial_dir, named))  # a local copy needs its directory
+        pafs.copy_files(posixpath.join(trial_dir, surviving[-1]), posixpath.join(trial_dir, named),
+                        source_filesystem=fs, destination_filesystem=fs)
+        mended.append(f"trial {trial_id}: Tune's snapshot names {named}, deleted after it was "
+                      f"taken; resuming from {surviving[-1]} (copied to {named})")
+    return mended
 
 
 def grid_packs(grid: dict[str, list], fixed: dict[str, Any], pack: str | int, *,
@@ -451,6 +487,10 @@ def _tune_trials(paths: SweepPaths) -> tuple[dict[str, dict], float | None]:
         trial, metadata = json.loads(trial_json), json.loads(metadata_json)
         trials[trial["trial_id"]] = {"status": trial.get("status"), "config": trial.get("config"),
                                      "dir": trial.get("relative_logdir"),
+                                     # The checkpoint a restore resumes from: the last one
+                                     # reported, as Tune's checkpoint manager records it.
+                                     "checkpoint": (metadata.get("last_result") or {}).get(
+                                         "checkpoint_dir_name"),
                                      "error_file": metadata.get("error_filename"),
                                      "failures": metadata.get("num_failures", 0)}
     age = time.time() - latest.mtime_ns / 1e9 if latest.mtime_ns else None

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -337,3 +338,62 @@ def test_driver_killed_twice_then_resumed(tmp_path, ray_cluster, psp, exactly_on
     status = psp("sweep", "status", name, "--storage", str(storage), timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
     assert check_restart_report(status.stdout, store, trials) == scratch
+
+
+def named_checkpoints(experiment: Path) -> dict[str, tuple[str, str, str | None]]:
+    """(status, trial dir, the checkpoint a restore would use) per trial in Tune's latest
+    snapshot; empty while there is none or it is being rewritten."""
+    snapshots = sorted(experiment.glob("experiment_state-*.json"))
+    try:
+        state = json.loads(snapshots[-1].read_text()) if snapshots else {}
+    except (OSError, ValueError):
+        return {}
+    named = {}
+    for trial_json, meta_json in state.get("trial_data", []):
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        named[trial["trial_id"]] = (trial["status"], trial["relative_logdir"],
+                                    (meta.get("last_result") or {}).get("checkpoint_dir_name"))
+    return named
+
+
+@pytest.mark.timeout(480)
+def test_resume_mends_a_snapshot_that_names_a_deleted_checkpoint(tmp_path, ray_cluster, psp,
+                                                                 exactly_once):
+    """What `test_driver_killed_twice_then_resumed` hit once on CI: Tune deletes a trial's old
+    checkpoints (checkpoint_keep) as soon as a newer one arrives but saves its snapshot later,
+    so a killed driver can leave a snapshot naming a deleted checkpoint, and `Tuner.restore`
+    failed that trial on every retry. Made on purpose here: the driver is killed while its
+    snapshot names an early checkpoint of a running trial, which is then moved to the next
+    name, as Tune's deletion leaves it. The resume must finish every trial, each row once."""
+    name = "stale-snapshot"
+    spec = write_spec(tmp_path, name, seeds=[0, 1])
+    storage = tmp_path / "sweeps"
+    experiment, store = storage / name, storage / name / "results"
+    common = ("--address", ray_cluster.address, "--storage", str(storage), "--quiet")
+    early = {f"checkpoint_{k:06d}" for k in range(TASKS - 1)}
+
+    def a_running_trial_named_early() -> tuple[str, Path] | None:
+        for trial_id, (status, directory, checkpoint) in named_checkpoints(experiment).items():
+            if status == "RUNNING" and checkpoint in early:
+                return trial_id, experiment / directory / checkpoint
+        return None
+
+    driver = start_driver("sweep", "launch", str(spec), *common)
+    try:
+        trial_id, named = wait_for(a_running_trial_named_early, 240, "a snapshot naming an "
+                                   "early checkpoint of a running trial", driver)
+    finally:
+        stop_driver(driver)
+    newer = sorted(p for p in named.parent.glob("checkpoint_*") if p.name > named.name)
+    if newer:
+        shutil.rmtree(named)
+    else:
+        named.rename(named.parent / f"checkpoint_{int(named.name.split('_')[1]) + 1:06d}")
+    assert not named.exists() and any(named.parent.glob("checkpoint_*"))
+
+    resumed = psp("sweep", "resume", name, *common, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"trial {trial_id}: Tune's snapshot names {named.name}, deleted" in resumed.stdout
+    steps, trials = exactly_once(store, n_trials=2)
+    assert (trials.status == "completed").all()
+    assert {t["status"] for t in tune_trials(experiment).values()} == {"TERMINATED"}
