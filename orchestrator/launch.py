@@ -36,6 +36,7 @@ SWEEP_FILE = "psplab-sweep.json"
 # The Tune config key of a packed trial: its members' grid values (the rest of the config is
 # shared by all of them).
 PACK_KEY = "pack_members"
+CLIENT_SESSION_TRIES = 3  # ray:// sessions the Ray Client server failed to start, retried
 # Set before Ray is imported: no usage reporting; no per-trial CSV/JSON/TensorBoard loggers
 # (every measurement is already in the store, and they cost time); no nagging about the
 # snapshot that a task checkpoint forces.
@@ -296,11 +297,21 @@ def _connect(address: str | None):
         return tune, True
     # Through Ray Client the Tuner runs on the cluster, not here: it needs our settings there.
     runtime_env = {"env_vars": RAY_ENV} if address.startswith("ray://") else None
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
-    except ConnectionError as exc:  # 'auto' with no cluster on this node, a stale address file
-        raise UserError(f"--address {address}: {' '.join(str(exc).split())[:300]}") from None
-    return tune, True
+    for attempt in range(1, CLIENT_SESSION_TRIES + 1):
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+            return tune, True
+        except ConnectionError as exc:  # 'auto' with no cluster on this node, a stale address file
+            message = " ".join(str(exc).split())
+            if "Initialization failure from server" not in message or attempt == CLIENT_SESSION_TRIES:
+                raise UserError(f"--address {address}: {message[:300]}") from None
+            # The cluster's Ray Client server now and then loses the process it starts for a
+            # new session (seen on CI: it exits before it serves, leaving no log); the next
+            # session gets a new process.
+            print(f"--address {address}: the Ray Client server failed to start a session; "
+                  f"trying again ({attempt + 1}/{CLIENT_SESSION_TRIES})", file=sys.stderr, flush=True)
+            ray.shutdown()
+    raise AssertionError("unreachable")
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -32,3 +32,38 @@ def test_sweep_through_ray_client_stores_every_row_once(tmp_path, ray_cluster, p
     assert not list((tmp_path / "sweeps" / "client").rglob("progress.csv"))
     steps, trials = exactly_once(tmp_path / "sweeps" / "client" / "results", n_trials=2)
     assert (trials.status == "completed").all()
+
+
+FAILED_SESSION = ("Initialization failure from server:\nTraceback (most recent call last):\n"
+                  "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err")
+
+
+@pytest.mark.parametrize("failures, code", [(1, 0), (3, 2)])
+def test_a_session_the_client_server_failed_to_start_is_tried_again(monkeypatch, capsys,
+                                                                     failures, code):
+    """Seen once on CI: the head's Ray Client server lost the process it started for our
+    session. The launch tries a new session (up to 3 in all), then fails in one line. Ray's
+    own calls are replaced: what is under test is our retry, not Ray Client."""
+    import ray
+
+    from orchestrator import launch
+    from orchestrator.cli import UserError
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        if len(calls) <= failures:
+            raise ConnectionError(FAILED_SESSION)
+
+    monkeypatch.setattr(launch, "check_reachable", lambda address: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    if code == 0:
+        assert launch._connect("ray://127.0.0.1:10001")[1] is True
+        assert len(calls) == 2 and "trying again (2/3)" in capsys.readouterr().err
+    else:
+        with pytest.raises(UserError, match=r"^--address ray://127.0.0.1:10001: Initialization"):
+            launch._connect("ray://127.0.0.1:10001")
+        assert len(calls) == 3
