@@ -233,24 +233,19 @@ def _new_tuner(tune, meta: dict[str, Any], paths: SweepPaths, verbose: int):
     )
 
 
-def _run_trial(config: dict[str, Any], *, sweep: str, store_uri: str) -> None:
+def _entry(config: dict[str, Any], *, sweep: str, store_uri: str, packed: bool) -> None:
     # Imported here, in the trial's worker: the driver never needs torch (1.5-2 s to import).
-    from orchestrator.trainable import run_trial
+    from orchestrator import trainable
 
-    run_trial(config, sweep=sweep, store_uri=store_uri)
-
-
-def _run_pack(config: dict[str, Any], *, sweep: str, store_uri: str) -> None:
-    from orchestrator.trainable import run_pack
-
-    run_pack(config, sweep=sweep, store_uri=store_uri)
+    run = trainable.run_pack if packed else trainable.run_trial
+    run(config, sweep=sweep, store_uri=store_uri)
 
 
 def _trainable(tune, meta: dict[str, Any]):
     # Resources are per Tune trial: a pack is one process and asks for what one trial would.
     resources = {"cpu": meta["resources"]["cpu"], "gpu": meta["resources"]["gpu"]}
-    run = _run_pack if meta.get("packs") is not None else _run_trial
-    fn = tune.with_parameters(run, sweep=meta["name"], store_uri=meta["store"])
+    fn = tune.with_parameters(_entry, sweep=meta["name"], store_uri=meta["store"],
+                              packed=meta.get("packs") is not None)
     fn.__name__ = "psplab"  # Tune names trials and their directories after the trainable
     return tune.with_resources(fn, resources)
 
@@ -297,7 +292,7 @@ def _connect(address: str | None):
         return tune, True
     # Through Ray Client the Tuner runs on the cluster, not here: it needs our settings there.
     runtime_env = {"env_vars": RAY_ENV} if address.startswith("ray://") else None
-    for attempt in range(1, CLIENT_SESSION_TRIES + 1):
+    for attempt in itertools.count(1):
         try:
             ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
             return tune, True
@@ -311,7 +306,6 @@ def _connect(address: str | None):
             print(f"--address {address}: the Ray Client server failed to start a session; "
                   f"trying again ({attempt + 1}/{CLIENT_SESSION_TRIES})", file=sys.stderr, flush=True)
             ray.shutdown()
-    raise AssertionError("unreachable")
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -32,8 +32,10 @@ def run_one(cfg: TrialConfig, out: str, *, force: bool = False, progress: bool =
 
     from trainables.loop import resolve_device, train  # torch: only once --out is valid
 
+    import torch
+
     device = resolve_device(cfg.device)
-    if device.type == "cuda" and not _cuda_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {cfg.device}: this machine has no CUDA device")
     if cfg.cuda_graph and device.type != "cuda":
         raise UserError("--cuda-graph: needs a CUDA device; this machine has none")
@@ -62,12 +64,6 @@ def run_one(cfg: TrialConfig, out: str, *, force: bool = False, progress: bool =
     print(f"{summary.status}: {summary.steps_done} steps in {time.perf_counter() - clock:.1f} s; "
           f"wrote {len(steps)} rows to {out_path} (trial row: {trials_path(out_path)})")
     return 0
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:

@@ -15,6 +15,10 @@ DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar")
 ROTATION_PERIOD = 1000  # rotating streams turn 360° every this many steps (PSP §4.1.3)
 
 
+# What the packed trainer (trainables/packed.py) takes, and so packs and the CUDA-graph step.
+PACKED_TRAINER_TAKES = {"model": "mlp", "heads": "single", "stream": "permuted", "penalty": "none"}
+
+
 class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -88,8 +92,7 @@ class TrialConfig(BaseModel):
             return cuda_graph
         if info.data.get("device") == "cpu":
             raise ValueError("needs a CUDA device (device is 'cpu')")
-        for name, allowed in (("model", "mlp"), ("stream", "permuted"), ("heads", "single"),
-                              ("penalty", "none"), ("learn_context", False)):
+        for name, allowed in {**PACKED_TRAINER_TAKES, "learn_context": False}.items():
             if name in info.data and info.data[name] != allowed:
                 raise ValueError(f"supports {name}={allowed!r} only (got {info.data[name]!r})")
         return cuda_graph

@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainables import loop
-from trainables.config import TrialConfig
+from trainables.config import PACKED_TRAINER_TAKES, TrialConfig
 from trainables.data import load_dataset
 # The loop's schedule and row helpers are looked up at call time (loop.X), so that a pack
 # follows the loop exactly, patched or not.
@@ -80,13 +80,11 @@ def check_packable(cfgs: Sequence[TrialConfig]) -> None:
     if not cfgs:
         raise ValueError("a pack needs at least one trial config")
     first = cfgs[0]
-    unsupported = {"model": ("mlp",), "heads": ("single",), "stream": ("permuted",),
-                   "penalty": ("none",)}
-    for name, allowed in unsupported.items():
+    for name, allowed in PACKED_TRAINER_TAKES.items():
         for i, cfg in enumerate(cfgs):
-            if getattr(cfg, name) not in allowed:
+            if getattr(cfg, name) != allowed:
                 raise ValueError(f"cannot pack: field {name!r} of member {i} is "
-                                 f"{getattr(cfg, name)!r}; packing supports {name}={allowed[0]!r} only")
+                                 f"{getattr(cfg, name)!r}; packing supports {name}={allowed!r} only")
     for name in type(first).model_fields:
         if name in MEMBER_FIELDS:
             continue
@@ -123,7 +121,7 @@ def auto_pack_size(cfg: TrialConfig, device: str | None = None) -> int:
     while its trials run on GPU workers, so it says which device the trials will get.
     """
     device = resolve_device(device if cfg.device == "auto" and device else cfg.device)
-    if cfg.model != "mlp" or cfg.heads != "single" or cfg.stream != "permuted" or cfg.penalty != "none":
+    if any(getattr(cfg, name) != allowed for name, allowed in PACKED_TRAINER_TAKES.items()):
         return 1
     if device.type == "cuda":
         return 32 if cfg.units <= 1024 else 16
