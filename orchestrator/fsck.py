@@ -262,7 +262,9 @@ def _schema_drift(file_schema, table_name: str) -> str:
     expected = schema.STEPS_SCHEMA if table_name == "steps" else schema.TRIALS_SCHEMA
     found = {f.name: f.type for f in file_schema}
     wanted = {f.name: f.type for f in expected}
-    missing = sorted(set(wanted) - set(found))
+    too_new = {name for name, added in schema.ADDED_IN_VERSION.items()
+               if version is not None and version < added}
+    missing = sorted(set(wanted) - set(found) - too_new)
     extra = sorted(set(found) - set(wanted))
     retyped = [f"{name} is {found[name]}, not {wanted[name]}"
                for name in wanted if name in found and not found[name].equals(wanted[name])]

@@ -552,3 +552,32 @@ def test_digest_parsing():
     with pytest.raises(DataError):
         dl.parse_digest("sha1:" + "0" * 40)
     assert all(dl.parse_digest(d) for s in dl.SOURCES.values() for _, d in s.files)
+
+
+def test_input_norm_defaults_to_the_reference_scaling_of_each_stream():
+    from trainables.config import TrialConfig
+
+    assert TrialConfig().input_norm == "standardize"  # permuted MNIST: (x − 0.1307)/0.3081
+    assert TrialConfig(stream="rotating").input_norm == "standardize"
+    icifar = TrialConfig(model="resnet18", stream="incremental", dataset="cifar", heads="multi")
+    assert icifar.input_norm == "symmetric"  # the reference's CIFAR Normalize((0.5,)*3, (0.5,)*3)
+    assert TrialConfig(input_norm="unit").identity()["input_norm"] == "unit"  # a trials column
+
+
+@pytest.mark.parametrize("mode, scale", [
+    ("standardize", lambda x: (x - 0.1307) / 0.3081),
+    ("symmetric", lambda x: 2 * x - 1),
+    ("unit", lambda x: x),
+])
+def test_permuted_stream_scales_pixels_as_input_norm_says(mode, scale):
+    from trainables.config import TrialConfig
+    from trainables.contexts import task_permutation
+    from trainables.streams import build_stream
+
+    mnist = load_mnist5k()
+    stream = build_stream(TrialConfig(input_norm=mode, seed=4), mnist)
+    pixels = mnist.test_x.flatten(1)
+    torch.testing.assert_close(stream.test_set(0)[0], scale(pixels), rtol=0, atol=1e-6)
+    permuted = scale(pixels)[:, task_permutation(4, 2, 784)]
+    torch.testing.assert_close(stream.test_set(2)[0], permuted, rtol=0, atol=1e-6)
+    assert mnist.test_x.min() == 0  # the cached dataset itself is never scaled in place

@@ -169,6 +169,21 @@ def test_healthy_store_is_clean(tmp_path, capsys):
     assert code == fsck.EXIT_CLEAN and lines == [f"clean: 6 chunks, 2 trials checked in {store.root}"]
 
 
+def test_a_file_older_than_a_column_is_not_drift(tmp_path, capsys):
+    # input_norm joined in schema version 2: a version-1 file lacks it and reads as null there;
+    # a version-2 file without it has lost a column.
+    store = healthy_store(tmp_path)
+    old = faults.synthetic_chunk("a", 1, 0).drop_columns(["input_norm"])
+    pq.write_table(old.replace_schema_metadata({schema.METADATA_KEY: b"1"}), chunk(store, "a", 1))
+    code, lines = run_fsck(capsys, store.root)
+    assert code == fsck.EXIT_CLEAN, lines
+    assert pd.read_parquet(os.path.join(store.root, "steps"))["input_norm"].isna().sum() > 0
+
+    pq.write_table(old.replace_schema_metadata({schema.METADATA_KEY: b"2"}), chunk(store, "a", 1))
+    code, lines = run_fsck(capsys, store.root)
+    assert code == fsck.EXIT_PROBLEMS and "input_norm" in " ".join(lines)
+
+
 def test_restored_chunks_with_higher_attempts_are_not_duplicates(tmp_path, capsys):
     store = healthy_store(tmp_path)
     # a restore rewrote task 1 as attempt 1; an old layout also kept attempt 0 under another name

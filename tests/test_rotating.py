@@ -60,9 +60,22 @@ def test_the_top_row_moves_to_the_left_column(stream):
 def test_test_sets_are_at_zero_degrees_for_every_task(mnist, stream):
     x0, y0 = stream.test_set(0)
     x5, y5 = stream.test_set(5)
-    assert torch.equal(x0, mnist.test_x.flatten(1)) and torch.equal(x0, x5) and torch.equal(y0, y5)
+    standardized = (mnist.test_x.flatten(1) - 0.1307) / 0.3081  # the reference's MNIST scaling
+    torch.testing.assert_close(x0, standardized, rtol=0, atol=1e-6)
+    assert torch.equal(x0, x5) and torch.equal(y0, y5)
+    unit = RotatingStream(mnist, input_norm="unit")
+    assert torch.equal(unit.test_set(3)[0], mnist.test_x.flatten(1))
     capped = build_stream(TrialConfig(**TINY), mnist)
     assert len(capped.test_set(0)[1]) == 200 and capped.in_features == 784
+
+
+def test_batches_are_rotated_in_pixel_space_then_scaled(stream):
+    # At 45° the corners of a 28×28 image sample outside it: black pixels (0 in [0, 1]), which
+    # standardize to −0.1307/0.3081. Scaling before rotating would leave them at 0.
+    x, y = stream.train_set(0)
+    batch, _ = stream.batch(x, y, torch.arange(8), 125)  # 125/1000 of a turn: 45°
+    corners = batch.view(8, 28, 28)[:, [0, 0, -1, -1], [0, -1, 0, -1]]
+    torch.testing.assert_close(corners, torch.full_like(corners, -0.1307 / 0.3081), rtol=0, atol=1e-5)
 
 
 def test_rotating_needs_an_image_dataset_of_mnist_size():

@@ -30,9 +30,15 @@ def test_binary_and_complex_contexts_lie_on_the_unit_circle():
 
 
 def test_onepower_contexts_are_powers_of_one_context():
-    c1 = onepower_context(3, 0, 0, 256)          # k = 1
-    c3 = onepower_context(3, 0, 2, 256)          # k = 3
+    c1 = onepower_context(3, 0, 1, 256)          # k = 1
+    c3 = onepower_context(3, 0, 3, 256)          # k = 3
     torch.testing.assert_close(c3, c1 ** 3, atol=1e-5, rtol=0)
+    assert not torch.allclose(c1, torch.ones(256, dtype=c1.dtype))
+
+
+def test_onepower_gives_task_zero_the_identity_context():
+    # The reference code's one-power key is time·φ with time from 0: task 0 is unbound.
+    torch.testing.assert_close(onepower_context(3, 0, 0, 256), torch.ones(256, dtype=torch.complex64))
 
 
 @pytest.mark.parametrize("dim", [2, 17, 256])
@@ -168,3 +174,15 @@ def test_mlp_flattens_images_itself(psp):
     net = SuperposedMLP(3 * 4 * 4, 8, 2, 5, psp=psp, seed=0)
     images = torch.randn(6, 3, 4, 4)  # (B, C, H, W)
     torch.testing.assert_close(net(images, 1), net(images.reshape(6, -1), 1), rtol=0, atol=0)
+
+
+def test_standard_network_is_initialised_as_the_reference_nn_linear():
+    # The reference baseline is torch.nn.Linear with its default init: same draws, same values.
+    torch.manual_seed(11)
+    reference = torch.nn.Linear(784, 64)
+    torch.manual_seed(11)
+    layer = SuperposedLinear(784, 64, psp="none", seed=0, layer=0)
+    assert torch.equal(layer.weight, reference.weight) and torch.equal(layer.bias, reference.bias)
+    # superposed real layers keep Xavier-normal weights and no bias: std √(2/(in+out)) ≈ 0.049
+    binary = SuperposedLinear(784, 64, psp="binary", seed=0, layer=0, bias=False)
+    assert binary.bias is None and abs(binary.weight.std().item() - (2 / 848) ** 0.5) < 0.003

@@ -111,7 +111,7 @@ def test_one_shot_task_inference_finds_the_task_among_ten():
     tasks = 10
     cfg = TrialConfig(model="supsup", psp="none", units=200, depth=2, tasks=tasks,
                       steps_per_task=100, lr=1e-3, output_units=100, eval_every=0,
-                      dataset="mnist5k", seed=0, threads=1)
+                      dataset="mnist5k", seed=0, threads=1, input_norm="unit")
     rows, state = [], {}
     train(cfg, sink=lambda task, r: rows.extend(r), on_task_end=lambda task, s: state.update(s))
     final = [r for r in rows if r["split"] == "test" and r["task"] == tasks - 1]

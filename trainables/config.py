@@ -19,6 +19,12 @@ ROTATION_PERIOD = 1000  # rotating streams turn 360° every this many steps (PSP
 PACKED_TRAINER_TAKES = {"model": "mlp", "heads": "single", "stream": "permuted", "penalty": "none"}
 
 
+def default_input_norm(stream: str) -> str:
+    """The reference code's input scaling for a stream: [−1, 1] for incremental CIFAR (its
+    Normalize((0.5,)*3, (0.5,)*3)), MNIST's mean and s.d. for the MNIST-like streams."""
+    return "symmetric" if stream == "incremental" else "standardize"
+
+
 class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,6 +53,12 @@ class TrialConfig(BaseModel):
     heads: Literal["single", "multi"] = "single"
     output_units: int = Field(10, ge=2)
     mask_density: float = Field(0.5, gt=0, le=1)  # SupSup: fraction of weights each mask keeps
+    # How pixels reach the network; None takes the reference code's choice for the stream
+    # (resolved before validation, so the trials table always records a concrete value).
+    input_norm: Literal["standardize", "symmetric", "unit"] | None = Field(
+        None, description="input scaling: standardize ((x-mean)/sd; MNIST's 0.1307/0.3081 on "
+        "grayscale data, as the reference code), symmetric (2x-1, in [-1, 1]) or unit ([0, 1] "
+        "pixels); default: symmetric on incremental CIFAR, standardize otherwise")
     eval_every: int = Field(100, ge=0)          # 0: no periodic evaluation
     eval_all_every: int | None = Field(None, ge=1)  # None: all seen tasks at task boundaries
 
@@ -70,6 +82,13 @@ class TrialConfig(BaseModel):
                 data = {**data, "n_contexts": max(1, ROTATION_PERIOD // every)}
             elif schedule in ("fast", "local_mix"):
                 data = {**data, "n_contexts": ROTATION_PERIOD}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_input_norm(cls, data):
+        if isinstance(data, dict) and data.get("input_norm") is None:
+            data = {**data, "input_norm": default_input_norm(data.get("stream", "permuted"))}
         return data
 
     @model_validator(mode="after")

@@ -52,12 +52,13 @@ def complex_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor
 def onepower_context(seed: int, layer: int, index: int, dim: int) -> torch.Tensor:
     """pspOnePower: c_k = c_1^k, i.e. c_k^j = e^{i k φ_j} with one phase vector φ per layer.
 
-    k = index + 1 (the paper counts tasks from 1), so no task gets the identity context.
+    k = index, as in the reference code (its context is ``time · φ`` with time counted from
+    0): task 0 gets the identity context c_0 = 1 and is learned as a plain complex network.
     One scalar per task (its power) is the whole per-task memory cost. Shape (dim,) complex64.
     """
     g = generator(seed, "onepower", layer)
     phase = torch.rand(dim, generator=g).mul_(2 * math.pi).sub_(math.pi)
-    k = index + 1
+    k = index
     return torch.polar(torch.ones(dim), torch.remainder(phase.double() * k, 2 * math.pi).float())
 
 

@@ -27,7 +27,7 @@ import torch
 from trainables.download import (CIFAR10_DIR, CIFAR100_DIR, MNIST_FILES, DataError,
                                  default_data_dir, download)
 
-__all__ = ["Dataset", "DataError", "load_dataset", "load_mnist5k", "load_mnist",
+__all__ = ["Dataset", "DataError", "load_dataset", "normalize_inputs", "load_mnist5k", "load_mnist",
            "load_fashion_mnist", "load_cifar10", "load_cifar100", "read_idx",
            "resolve_data_dir", "default_data_dir"]
 
@@ -59,6 +59,36 @@ def _images(pixels: np.ndarray) -> torch.Tensor:
 
 def _labels(labels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.int64))
+
+
+# --- input scaling (the trial's input_norm) ----------------------------------------------------
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the reference code's constants, for every grayscale set
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per channel, over the CIFAR-10 training images
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def normalize_inputs(images: torch.Tensor, mode: str) -> torch.Tensor:
+    """Scale images (N, C, H, W) in [0, 1] as ``mode`` says; returns a new tensor.
+
+    standardize: (x − μ)/σ with MNIST's μ = 0.1307, σ = 0.3081 for one channel (the reference
+                 code applies them to FashionMNIST too) and CIFAR-10's per-channel values for
+                 three; symmetric: 2x − 1 ∈ [−1, 1]; unit: x unchanged (a copy).
+    """
+    if mode == "unit":
+        return images.clone()
+    if mode == "symmetric":
+        return images * 2 - 1
+    if mode != "standardize":
+        raise ValueError(f"input_norm {mode!r} is not one of standardize, symmetric, unit")
+    channels = images.shape[1]
+    if channels == 1:
+        return (images - MNIST_MEAN) / MNIST_STD
+    if channels == 3:
+        mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+    raise ValueError(f"input_norm 'standardize' knows 1- and 3-channel images, not {channels}")
 
 
 # --- mnist5k -----------------------------------------------------------------------------------

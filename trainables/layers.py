@@ -5,7 +5,9 @@ Conv (PSP eq. 8): y_n = (w_n ⊙ c_k) * x, the context c_k of shape (in_ch, kh, 
 output channels n — cheaper than binding the much larger input image.
 
 A bias is not superposed — it is shared by every task — so the paper's equations have none and
-the networks use one only for the standard (psp='none') baseline.
+the networks use one only for the standard (psp='none') baseline. That baseline is initialised
+as the reference code's ``nn.Linear`` (W, b ~ U(±1/√fan_in)); superposed real layers use
+Xavier-normal weights, as the reference's superposed layers do.
 
 Complex superposition (complex, onepower) uses complex weights W = W_re + i W_im, initialised
 with a Xavier-normal magnitude and uniform phase as the reference code does, stored as two real
@@ -76,6 +78,15 @@ def use_context_function(model: nn.Module, make) -> None:
             module.use_function(make)
 
 
+def _linear_default_init(in_features: int, out_features: int,
+                         bias: bool) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """torch.nn.Linear's default: W, b ~ U(−1/√in, 1/√in) (kaiming_uniform with a = √5 gives
+    exactly that bound), drawn in nn.Linear's order — weight, then bias."""
+    bound = 1.0 / math.sqrt(in_features)
+    weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+    return weight, (nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None)
+
+
 def _complex_init(out_features: int, fan_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     magnitude = nn.init.xavier_normal_(torch.empty(out_features, *fan_shape))
     phase = torch.empty_like(magnitude).uniform_(-math.pi, math.pi)
@@ -91,13 +102,17 @@ class SuperposedLinear(nn.Module):
         self.in_features, self.out_features, self.psp = in_features, out_features, psp
         self.contexts = ContextBank(psp, seed, layer, in_features, learn=learn_context,
                                     n_contexts=n_contexts)
+        self.weight_imag = None
+        if psp == "none":
+            # The standard network is the reference baseline's nn.Linear, default init and all.
+            self.weight, self.bias = _linear_default_init(in_features, out_features, bias)
+            return
         if is_complex(psp):
             real, imag = _complex_init(out_features, (in_features,))
             self.weight = nn.Parameter(real)
             self.weight_imag = nn.Parameter(imag)
         else:
             self.weight = nn.Parameter(nn.init.xavier_normal_(torch.empty(out_features, in_features)))
-            self.weight_imag = None
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def effective_weight(self) -> torch.Tensor:

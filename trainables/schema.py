@@ -22,7 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: input_norm joined the parameters (files of version 1 read it as null).
+SCHEMA_VERSION = 2
 METADATA_KEY = b"psplab.schema_version"
 
 # Parameters that identify a trial. Every one is a column of both tables.
@@ -49,6 +50,7 @@ PARAM_FIELDS: dict[str, pa.DataType] = {
     "heads": pa.string(),            # single | multi
     "output_units": pa.int32(),
     "mask_density": pa.float64(),   # SupSup: fraction of weights each mask keeps
+    "input_norm": pa.string(),       # standardize | symmetric | unit (added in version 2)
     "eval_every": pa.int32(),
     "eval_all_every": pa.int32(),    # null: all seen tasks at task boundaries only
 }
@@ -83,6 +85,10 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "error": pa.string(),
     "config_json": pa.string(),  # the whole config, for fields added after this schema
 }
+
+# Columns a later version added, by the version that added them: files written before it lack
+# them (readers get null), which is not schema drift.
+ADDED_IN_VERSION = {"input_norm": 2}
 
 SPLITS = ("train", "test", "infer")
 STATUSES = ("running", "completed", "diverged", "error")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from trainables.config import ROTATION_PERIOD
 from trainables.contexts import task_permutation
-from trainables.data import Dataset
+from trainables.data import Dataset, normalize_inputs
 
 
 class PermutedStream:
@@ -21,12 +21,14 @@ class PermutedStream:
     Images are flattened: x has shape (N, C*H*W).
     """
 
-    def __init__(self, dataset: Dataset, seed: int, test_examples: int | None = None):
+    def __init__(self, dataset: Dataset, seed: int, test_examples: int | None = None,
+                 input_norm: str = "standardize"):
         self.seed = seed
-        self.train_x = dataset.train_x.flatten(1)  # (N_train, D)
+        # Scaled once per trial: pixel-wise, so it commutes with every permutation.
+        self.train_x = normalize_inputs(dataset.train_x, input_norm).flatten(1)  # (N_train, D)
         self.train_y = dataset.train_y
         limit = test_examples or len(dataset.test_y)
-        self.test_x = dataset.test_x[:limit].flatten(1)  # (N_test, D)
+        self.test_x = normalize_inputs(dataset.test_x[:limit], input_norm).flatten(1)  # (N_test, D)
         self.test_y = dataset.test_y[:limit]
         self.in_features = self.train_x.shape[1]
 
@@ -61,12 +63,13 @@ class RotatingStream:
     """
 
     def __init__(self, dataset: Dataset, test_examples: int | None = None,
-                 period: int = ROTATION_PERIOD):
+                 period: int = ROTATION_PERIOD, input_norm: str = "standardize"):
         self.period = period
-        self.train_x = dataset.train_x  # (N_train, C, H, W)
+        self.input_norm = input_norm
+        self.train_x = dataset.train_x  # (N_train, C, H, W) in [0, 1]: rotated, then scaled
         self.train_y = dataset.train_y
         limit = test_examples or len(dataset.test_y)
-        self.test_x = dataset.test_x[:limit].flatten(1)  # (N_test, C*H*W), at 0°
+        self.test_x = normalize_inputs(dataset.test_x[:limit], input_norm).flatten(1)  # at 0°
         self.test_y = dataset.test_y[:limit]
         self.image_shape = tuple(self.train_x.shape[1:])
         self.in_features = math.prod(self.image_shape)
@@ -100,15 +103,20 @@ class RotatingStream:
         return self.test_x, self.test_y  # at 0°, whatever the task: (N_test, C*H*W), (N_test,)
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, step: int):
-        """The training batch of ``step`` (1-based), rotated by angle(step)."""
-        return self.rotate(x[index], step).flatten(1), y[index]  # (B, C*H*W), (B,)
+        """The training batch of ``step`` (1-based), rotated by angle(step), then scaled.
+
+        Rotated in [0, 1], where the zeros filled in at the corners are black pixels, as the
+        reference code rotates (it maps each batch to [0, 1] first) — scaling first would fill
+        the corners with the mean instead."""
+        rotated = self.rotate(x[index], step)                           # (B, C, H, W)
+        return normalize_inputs(rotated, self.input_norm).flatten(1), y[index]  # (B, C*H*W), (B,)
 
 
 def build_stream(cfg, dataset: Dataset):
     if cfg.stream == "permuted":
-        return PermutedStream(dataset, cfg.seed, cfg.test_examples)
+        return PermutedStream(dataset, cfg.seed, cfg.test_examples, cfg.input_norm)
     if cfg.stream == "rotating":
-        return RotatingStream(dataset, cfg.test_examples)
+        return RotatingStream(dataset, cfg.test_examples, input_norm=cfg.input_norm)
     if cfg.stream == "incremental":  # iCIFAR: images (N, 3, 32, 32), not flattened
         from trainables.incremental import build_incremental_stream
         return build_incremental_stream(cfg, dataset)
