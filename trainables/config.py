@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 PSP_TYPES = ("none", "binary", "complex", "onepower", "rotation")
 DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar")
 ROTATION_PERIOD = 1000  # rotating streams turn 360° every this many steps (PSP §4.1.3)
+INFER_BATCH = 128       # SupSup: test examples per task-inference decision (the reference's test batch)
 
 
 # What the packed trainer (trainables/packed.py) takes, and so packs and the CUDA-graph step.
@@ -52,7 +53,23 @@ class TrialConfig(BaseModel):
     penalty_strength: float = Field(0.0, ge=0)
     heads: Literal["single", "multi"] = "single"
     output_units: int = Field(10, ge=2)
-    mask_density: float = Field(0.5, gt=0, le=1)  # SupSup: fraction of weights each mask keeps
+    # SupSup (model 'supsup'). The defaults are the reference's GNu permuted-MNIST code.
+    mask_density: float | None = Field(
+        None, gt=0, le=1, description="SupSup, mask_rule topk only: fraction of each layer's "
+        "weights a mask keeps (default 0.5)")
+    mask_rule: Literal["sign", "topk"] = Field(
+        "sign", description="SupSup mask of a layer: sign (score >= 0, the reference's fast "
+        "multitask mask) or topk (the mask_density largest |scores|, edge-popup)")
+    infer_examples: int = Field(
+        1, ge=1, le=INFER_BATCH, description=f"SupSup task inference: examples whose mean "
+        f"output entropy decides the task of each {INFER_BATCH}-example test batch (the "
+        f"reference: 1, the batch's first)")
+    infer_every: int = Field(
+        1, ge=1, description="SupSup: infer tasks (split infer, test_inferred) at the "
+        "evaluations of every infer_every-th task and of the last one; 1: at every evaluation")
+    permute_task0: bool = Field(
+        False, description="permuted stream: permute task 0's pixels too (SupSup's reference); "
+        "false: task 0 is the plain image (PSP's)")
     # How pixels reach the network; None takes the reference code's choice for the stream
     # (resolved before validation, so the trials table always records a concrete value).
     input_norm: Literal["standardize", "symmetric", "unit"] | None = Field(
@@ -90,6 +107,29 @@ class TrialConfig(BaseModel):
         if isinstance(data, dict) and data.get("input_norm") is None:
             data = {**data, "input_norm": default_input_norm(data.get("stream", "permuted"))}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_mask_density(cls, data):
+        if (isinstance(data, dict) and data.get("mask_rule") == "topk"
+                and data.get("mask_density") is None):
+            data = {**data, "mask_density": 0.5}
+        return data
+
+    @field_validator("permute_task0")
+    @classmethod
+    def _permuted_stream(cls, permute_task0: bool, info: ValidationInfo) -> bool:
+        if permute_task0 and info.data.get("stream", "permuted") != "permuted":
+            raise ValueError(f"permutes pixels of the permuted stream only, not of stream "
+                             f"{info.data['stream']!r}")
+        return permute_task0
+
+    @model_validator(mode="after")
+    def _mask_density_needs_topk(self) -> "TrialConfig":
+        if self.model == "supsup" and self.mask_rule == "sign" and self.mask_density is not None:
+            raise ValueError(f"mask_density ({self.mask_density}) applies to mask_rule 'topk' "
+                             f"only; mask_rule 'sign' keeps the weights whose score is >= 0")
+        return self
 
     @model_validator(mode="after")
     def _schedules_and_penalties(self) -> "TrialConfig":

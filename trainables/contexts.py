@@ -121,8 +121,14 @@ def is_complex(psp: str) -> bool:
     return psp in ("complex", "onepower")
 
 
-def task_permutation(seed: int, task: int, n_pixels: int) -> torch.Tensor | None:
-    """The pixel permutation of permuted-MNIST task ``task``; task 0 is the unpermuted image."""
-    if task == 0:
+def task_permutation(seed: int, task: int, n_pixels: int,
+                     permute_task0: bool = False) -> torch.Tensor | None:
+    """The pixel permutation of permuted-MNIST task ``task`` (None: the plain image).
+
+    Task 0 is the plain image (PSP's convention) unless ``permute_task0`` (SupSup's: every
+    task, the first included, is a random permutation). Task t's permutation is the same
+    either way, so the two conventions differ in task 0 only.
+    """
+    if task == 0 and not permute_task0:
         return None
     return torch.randperm(n_pixels, generator=generator(seed, "permutation", task))

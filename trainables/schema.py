@@ -5,7 +5,12 @@ Two tables, both long and tidy, readable by pandas, DuckDB and polars with no pr
 ``steps`` — one row per measurement.
     A *train* row is the loss and accuracy of the batch used by optimizer update ``step``
     (1-based: ``step`` updates are done after it). A *test* row is the accuracy on the full
-    test split of ``eval_task``, measured after ``step`` updates. Trial parameters are columns,
+    test split of ``eval_task``, measured after ``step`` updates. SupSup's task inference
+    (scenario GNu: the task is not given at test time) adds two rows per tested task, over its
+    test split cut into batches of 128: an *infer* row, the fraction of batches whose inferred
+    task is ``eval_task`` (task-ID accuracy), and a *test_inferred* row, the test accuracy when
+    each batch uses the mask inference picked for it, a batch given another task's mask
+    counting as wrong (the SupSup paper's GNu accuracy). Trial parameters are columns,
     so ``df.query("psp == 'binary' and units == 2048")`` just works. A value that was not
     measured is null, never 0.
 
@@ -22,7 +27,8 @@ from typing import Any
 
 import pyarrow as pa
 
-# 2: input_norm joined the parameters (files of version 1 read it as null).
+# 2: input_norm, mask_rule, infer_examples, infer_every and permute_task0 joined the parameters
+#    (files of version 1 read them as null); split test_inferred joined the measurements.
 SCHEMA_VERSION = 2
 METADATA_KEY = b"psplab.schema_version"
 
@@ -49,7 +55,11 @@ PARAM_FIELDS: dict[str, pa.DataType] = {
     "penalty_strength": pa.float64(),
     "heads": pa.string(),            # single | multi
     "output_units": pa.int32(),
-    "mask_density": pa.float64(),   # SupSup: fraction of weights each mask keeps
+    "mask_density": pa.float64(),   # SupSup, mask_rule topk: fraction each mask keeps (else null)
+    "mask_rule": pa.string(),        # SupSup: sign | topk (added in version 2)
+    "infer_examples": pa.int32(),    # SupSup: examples per task-inference decision (version 2)
+    "infer_every": pa.int32(),       # SupSup: task inference every this many tasks (version 2)
+    "permute_task0": pa.bool_(),     # permuted stream: task 0 permuted too (version 2)
     "input_norm": pa.string(),       # standardize | symmetric | unit (added in version 2)
     "eval_every": pa.int32(),
     "eval_all_every": pa.int32(),    # null: all seen tasks at task boundaries only
@@ -65,7 +75,7 @@ MEASUREMENT_FIELDS: dict[str, pa.DataType] = {
     "step": pa.int64(),
     "task": pa.int32(),       # the task being trained at this step
     "context": pa.int32(),    # the context index in use (differs from task under schedules)
-    "split": pa.string(),     # train | test | infer (task-inference accuracy, SupSup GNu)
+    "split": pa.string(),     # train | test | infer | test_inferred (SupSup GNu: see above)
     "eval_task": pa.int32(),  # test rows: the task evaluated; train rows: null
     "loss": pa.float32(),
     "accuracy": pa.float32(),
@@ -88,9 +98,10 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
 
 # Columns a later version added, by the version that added them: files written before it lack
 # them (readers get null), which is not schema drift.
-ADDED_IN_VERSION = {"input_norm": 2}
+ADDED_IN_VERSION = {"input_norm": 2, "mask_rule": 2, "infer_examples": 2, "infer_every": 2,
+                    "permute_task0": 2}
 
-SPLITS = ("train", "test", "infer")
+SPLITS = ("train", "test", "infer", "test_inferred")
 STATUSES = ("running", "completed", "diverged", "error")
 KEY_COLUMNS = ("trial_id", "step", "split", "eval_task")
 

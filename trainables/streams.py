@@ -16,14 +16,16 @@ from trainables.data import Dataset, normalize_inputs
 
 
 class PermutedStream:
-    """Permuted MNIST: task 0 is the plain image, task t a fixed pixel permutation from (seed, t).
+    """Permuted MNIST: task t is a fixed pixel permutation from (seed, t); task 0 is the plain
+    image unless ``permute_task0`` (SupSup's protocol permutes it too).
 
     Images are flattened: x has shape (N, C*H*W).
     """
 
     def __init__(self, dataset: Dataset, seed: int, test_examples: int | None = None,
-                 input_norm: str = "standardize"):
+                 input_norm: str = "standardize", permute_task0: bool = False):
         self.seed = seed
+        self.permute_task0 = permute_task0
         # Scaled once per trial: pixel-wise, so it commutes with every permutation.
         self.train_x = normalize_inputs(dataset.train_x, input_norm).flatten(1)  # (N_train, D)
         self.train_y = dataset.train_y
@@ -33,7 +35,7 @@ class PermutedStream:
         self.in_features = self.train_x.shape[1]
 
     def _permute(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        perm = task_permutation(self.seed, task, self.in_features)
+        perm = task_permutation(self.seed, task, self.in_features, self.permute_task0)
         return x if perm is None else x[:, perm.to(x.device)]
 
     def train_set(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +116,8 @@ class RotatingStream:
 
 def build_stream(cfg, dataset: Dataset):
     if cfg.stream == "permuted":
-        return PermutedStream(dataset, cfg.seed, cfg.test_examples, cfg.input_norm)
+        return PermutedStream(dataset, cfg.seed, cfg.test_examples, cfg.input_norm,
+                              cfg.permute_task0)
     if cfg.stream == "rotating":
         return RotatingStream(dataset, cfg.test_examples, input_norm=cfg.input_norm)
     if cfg.stream == "incremental":  # iCIFAR: images (N, 3, 32, 32), not flattened
