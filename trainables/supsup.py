@@ -243,9 +243,9 @@ class SupSupMLP(nn.Module):
         right = (inferred == eval_task).to(hits.device).float()               # (n_batches,)
         common = {"step": step, "task": task, "context": task, "eval_task": eval_task,
                   "loss": None, "n_examples": len(y_test)}
-        return [{**common, "split": "infer", "accuracy": right.mean().item()},
+        return [{**common, "split": "infer", "accuracy": right.sum().item() / len(right)},
                 {**common, "split": "test_inferred",
-                 "accuracy": (hits * right[batch]).mean().item()}]
+                 "accuracy": (hits * right[batch]).sum().item() / len(y_test)}]
 
 
 def output_entropy(logits: torch.Tensor) -> torch.Tensor:
