@@ -52,6 +52,14 @@ class TrialConfig(BaseModel):
     penalty_strength: float = Field(0.0, ge=0)
     heads: Literal["single", "multi"] = "single"
     output_units: int = Field(10, ge=2)
+    # Incremental CIFAR (PSP §4.2): the reference code's protocol by default.
+    augment: bool = Field(False, description="incremental CIFAR: random crop (4-pixel padding) "
+                          "and horizontal flip of training batches; off in the reference code")
+    cifar100_first_class: int = Field(10, ge=0, le=90, description="incremental CIFAR: task t>=1 "
+                                      "is CIFAR-100 classes f+10(t-1)..f+10(t-1)+9; the reference "
+                                      "uses 10 (classes 10-49 for tasks 1-4)")
+    superpose_stem: bool = Field(False, description="ResNet-18: superpose the stem convolution "
+                                 "too; the reference code leaves it a plain conv")
     mask_density: float = Field(0.5, gt=0, le=1)  # SupSup: fraction of weights each mask keeps
     # How pixels reach the network; None takes the reference code's choice for the stream
     # (resolved before validation, so the trials table always records a concrete value).
@@ -101,6 +109,23 @@ class TrialConfig(BaseModel):
                              "psp 'complex' and learn_context false")
         if self.penalty == "none" and self.penalty_strength:
             raise ValueError("penalty_strength is set but penalty is 'none'")
+        return self
+
+    @model_validator(mode="after")
+    def _incremental_options(self) -> "TrialConfig":
+        """The iCIFAR options act on the incremental stream (and the ResNet) only: set elsewhere
+        they would be recorded in the trials table without changing anything."""
+        if self.augment and self.stream != "incremental":
+            raise ValueError(f"augment: crop and flip are the incremental CIFAR stream's; "
+                             f"stream is {self.stream!r}")
+        if self.superpose_stem and self.model != "resnet18":
+            raise ValueError(f"superpose_stem: only model 'resnet18' has a stem, not {self.model!r}")
+        if self.stream == "incremental":
+            most = 1 + (100 - self.cifar100_first_class) // 10
+            if self.tasks > most:
+                raise ValueError(f"tasks: incremental CIFAR from CIFAR-100 class "
+                                 f"{self.cifar100_first_class} has at most {most} tasks "
+                                 f"(CIFAR-10 + {most - 1} ten-class splits), not {self.tasks}")
         return self
 
     @field_validator("cuda_graph")

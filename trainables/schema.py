@@ -22,7 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
-# 2: input_norm joined the parameters (files of version 1 read it as null).
+# 2: input_norm, augment, cifar100_first_class and superpose_stem joined the parameters (files
+# of version 1 read them as null).
 SCHEMA_VERSION = 2
 METADATA_KEY = b"psplab.schema_version"
 
@@ -49,6 +50,9 @@ PARAM_FIELDS: dict[str, pa.DataType] = {
     "penalty_strength": pa.float64(),
     "heads": pa.string(),            # single | multi
     "output_units": pa.int32(),
+    "augment": pa.bool_(),           # iCIFAR crop+flip (added in version 2)
+    "cifar100_first_class": pa.int32(),  # iCIFAR: first CIFAR-100 class of task 1 (version 2)
+    "superpose_stem": pa.bool_(),    # ResNet-18 stem superposed (added in version 2)
     "mask_density": pa.float64(),   # SupSup: fraction of weights each mask keeps
     "input_norm": pa.string(),       # standardize | symmetric | unit (added in version 2)
     "eval_every": pa.int32(),
@@ -88,7 +92,7 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
 
 # Columns a later version added, by the version that added them: files written before it lack
 # them (readers get null), which is not schema drift.
-ADDED_IN_VERSION = {"input_norm": 2}
+ADDED_IN_VERSION = {"input_norm": 2, "augment": 2, "cifar100_first_class": 2, "superpose_stem": 2}
 
 SPLITS = ("train", "test", "infer")
 STATUSES = ("running", "completed", "diverged", "error")
