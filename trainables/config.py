@@ -43,11 +43,15 @@ class TrialConfig(BaseModel):
     stream: Literal["permuted", "rotating", "incremental"] = "permuted"
     learn_context: bool = False
     context_schedule: Literal["task", "cycle", "fast", "local_mix"] = "task"
-    context_every: int = Field(100, ge=1)       # cycle: steps per context
-    # Contexts of the cycle/fast/local_mix schedules. When not given: one rotation period holds
-    # them all, ROTATION_PERIOD // context_every for cycle (10) and ROTATION_PERIOD for
-    # fast/local_mix (1000); under the task schedule it is unused (10).
-    n_contexts: int = Field(10, ge=1)
+    context_every: int = Field(100, ge=1, description="cycle and local_mix: steps per context "
+                               "(100: the paper's 10 contexts per rotation; 1: a new one every step)")
+    # The key bank of the cycle/fast/local_mix schedules: step s uses key
+    # ((s mod ROTATION_PERIOD) // context_every) mod n_contexts. When not given: the keys one
+    # rotation uses, ROTATION_PERIOD // context_every for cycle and local_mix (10) and
+    # ROTATION_PERIOD for fast (1000); under the task schedule it is unused (10).
+    n_contexts: int = Field(10, ge=1, description="cycle/fast/local_mix: keys in the bank "
+                            "(local_mix wraps neighbours around it); default: the keys one "
+                            "1000-step rotation uses")
     penalty: Literal["none", "ewc", "si"] = "none"
     penalty_strength: float = Field(0.0, ge=0)
     heads: Literal["single", "multi"] = "single"
@@ -86,9 +90,9 @@ class TrialConfig(BaseModel):
         if isinstance(data, dict) and data.get("n_contexts") is None:
             schedule = data.get("context_schedule", "task")
             every = data.get("context_every", 100)
-            if schedule == "cycle" and isinstance(every, int) and every >= 1:
+            if schedule in ("cycle", "local_mix") and isinstance(every, int) and every >= 1:
                 data = {**data, "n_contexts": max(1, ROTATION_PERIOD // every)}
-            elif schedule in ("fast", "local_mix"):
+            elif schedule == "fast":
                 data = {**data, "n_contexts": ROTATION_PERIOD}
         return data
 
