@@ -82,18 +82,46 @@ def test_autograd_gradient_matches_finite_differences(kind):
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_ewc_fisher_is_the_mean_squared_per_example_gradient_and_accumulates():
+def test_ewc_fisher_is_the_models_fisher_information_closed_form():
+    """Softmax regression, logits = W x + b: ∂ log p_c/∂W_kj = (δ_ck − p_k) x_j, so the Fisher
+    Σ_c p_c (∂ log p_c/∂W_kj)² = p_k (1 − p_k) x_j² (bias: p_k (1 − p_k)) — the labels play no
+    part. The "empirical Fisher" would give (δ_{y,k} − p_k)² x_j² instead."""
+    torch.manual_seed(1)
+    model = SuperposedMLP(5, 4, 0, 3, psp="none", seed=0).to(torch.float64)  # one linear layer
+    x, y = tiny_task(5, n=12, dtype=torch.float64)
+    ewc = EWC(model, strength=1.0, examples=12)
+    ewc.end_task(model, (x, y), 0)
+    layer = model.layers[0]
+    with torch.no_grad():
+        p = torch.softmax(x @ layer.weight.T + layer.bias, dim=1)  # (12, 3)
+    v = p * (1 - p)                                                  # (12, 3)
+    expected_w = (v[:, :, None] * x[:, None, :] ** 2).mean(0)        # (3, 5)
+    torch.testing.assert_close(ewc.fisher["layers.0.weight"], expected_w, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(ewc.fisher["layers.0.bias"], v.mean(0), rtol=1e-10, atol=1e-14)
+    # the labels are not used: other labels, the same Fisher
+    again = EWC(model, strength=1.0, examples=12)
+    again.end_task(model, (x, (y + 1) % 3), 0)
+    assert torch.equal(again.fisher["layers.0.weight"], ewc.fisher["layers.0.weight"])
+
+
+def test_ewc_fisher_accumulates_and_the_penalty_is_the_sum_over_tasks():
     model = tiny_model(torch.float64)
     ewc = EWC(model, strength=2.0, examples=12)
     x, y = tiny_task(3, dtype=torch.float64)
 
     def fisher_by_hand():
+        """Σ_c p_c J_c², J the Jacobian of the log-probabilities (torch.autograd.functional)."""
+        names = [n for n, _ in model.named_parameters()]
         squares = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
         for i in range(12):
-            grads = torch.autograd.grad(F.log_softmax(model(x[i:i + 1], 0), 1)[0, y[i]],
-                                        list(model.parameters()))
-            for (n, _), g in zip(model.named_parameters(), grads):
-                squares[n] += g ** 2 / 12
+            def log_probs(*params):
+                out = torch.func.functional_call(model, dict(zip(names, params)), (x[i:i + 1], 0))
+                return F.log_softmax(out, 1)[0]
+            params = tuple(p.detach() for p in model.parameters())
+            jac = torch.autograd.functional.jacobian(log_probs, params)  # per param: (C, *shape)
+            prob = log_probs(*params).exp()
+            for n, j in zip(names, jac):
+                squares[n] += (prob.view(-1, *[1] * (j.dim() - 1)) * j ** 2).sum(0) / 12
         return squares
 
     first = fisher_by_hand()
@@ -105,6 +133,8 @@ def test_ewc_fisher_is_the_mean_squared_per_example_gradient_and_accumulates():
     second = fisher_by_hand()
     anchor2 = {n: p.detach().clone() for n, p in model.named_parameters()}
     ewc.end_task(model, (x, y), 0)
+    for n in first:
+        assert torch.allclose(ewc.fisher[n], first[n] + second[n], rtol=1e-10, atol=1e-14)
     # λ/2 Σ_τ F^τ (θ − θ*^τ)² and the stored quadratic differ by a constant only
     def by_task(params):
         return sum((first[n] * (params[n] - anchor1[n]) ** 2).sum()
@@ -147,8 +177,24 @@ def test_si_omega_is_the_path_integral_of_the_task_gradient():
     si.end_task(model)
     for n, p in model.named_parameters():
         delta = p.detach() - start[n]
-        assert torch.allclose(si.importance[n], importance[n] + expected[n] / (delta ** 2 + 0.1))
+        summed = importance[n] + expected[n] / (delta ** 2 + 0.1)
+        assert torch.allclose(si.importance[n], summed.clamp(min=0))
         assert torch.equal(si.anchor[n], p.detach()) and not si.omega[n].any()
+
+
+def test_si_importance_is_clipped_at_zero_as_the_reference_does():
+    """pathint: Ω ← relu(Ω + ω/(Δ² + ξ)); a negative Ω would push θ away from θ̃."""
+    model = SuperposedMLP(2, 2, 0, 2, psp="none", seed=0)  # weight (2, 2), bias (2,)
+    si = SI(model, strength=1.0)
+    with torch.no_grad():
+        si.importance["layers.0.weight"].copy_(torch.tensor([[0.5, 0.5], [0.0, 2.0]]))
+        si.omega["layers.0.weight"].copy_(torch.tensor([[-0.2, -1.0], [0.3, -0.4]]))
+        model.layers[0].weight.add_(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))  # Δ
+    si.end_task(model)
+    # by hand, ξ = 0.1: 0.5 − 0.2/1.1, max(0, 0.5 − 1.0/0.1), 0 + 0.3/0.1, 2 − 0.4/9.1
+    expected = torch.tensor([[0.5 - 0.2 / 1.1, 0.0], [3.0, 2.0 - 0.4 / 9.1]])
+    torch.testing.assert_close(si.importance["layers.0.weight"], expected)
+    assert (si.importance["layers.0.bias"] == 0).all()
 
 
 @pytest.mark.parametrize("kind", ["ewc", "si"])
@@ -213,6 +259,23 @@ def test_ewc_si_spec_is_valid():
     assert {(t.penalty, t.psp, t.stream) for t in trials} == {("ewc", "none", "permuted"),
                                                               ("si", "none", "permuted")}
     assert len({t.penalty_strength for t in trials}) >= 3 and all(t.tasks == 50 for t in trials)
+    assert len(spec.trials(smoke=True)) == 2
+
+
+def test_zenke_spec_is_zenkes_protocol():
+    """10 tasks, 2 × 2000 units, Adam 1e-3, batch 256, 20 epochs of 235 Keras batches per task
+    on full MNIST (60,000 / 256 rounded up), pixels in [0, 1], SI's c ∈ {0.01, 0.1, 1}."""
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(ROOT / "sweeps" / "ewc_si_zenke.yaml")
+    trials = [TrialConfig(**t) for t in spec.trials()]
+    assert all(t.dataset == "mnist" and t.stream == "permuted" and t.psp == "none"
+               and t.units == 2000 and t.depth == 2 and t.tasks == 10 and t.optimizer == "adam"
+               and t.lr == 1e-3 and t.batch_size == 256 and t.input_norm == "unit"
+               and t.heads == "single" and t.output_units == 10 for t in trials)
+    assert {t.steps_per_task for t in trials} == {20 * -(-60_000 // 256)} == {4700}
+    assert {0.01, 0.1, 1.0} <= {t.penalty_strength for t in trials if t.penalty == "si"}
+    assert {t.penalty for t in trials} == {"si", "ewc"}
     assert len(spec.trials(smoke=True)) == 2
 
 

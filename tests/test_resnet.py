@@ -79,16 +79,37 @@ def _cfg(**kw):
     return TrialConfig(**{**base, **kw})
 
 
-def test_every_conv_is_superposed_with_its_own_layer_index():
+def test_every_conv_but_the_stem_is_superposed_with_its_own_layer_index():
+    """The reference's HashResNet leaves the stem a plain nn.Conv2d shared by all tasks."""
     model = build_model(_cfg(psp="binary"), (3, 32, 32), n_contexts=3)
     convs = [m for m in model.modules() if isinstance(m, SuperposedConv2d)]
-    assert len(convs) == 20  # stem + 8 blocks × 2 + 3 shortcuts (1×1)
+    assert len(convs) == 19  # 8 blocks × 2 + 3 shortcuts (1×1)
     assert sum(c.kernel_shape[1] == 1 for c in convs) == 3
     layers = [c.contexts.layer for c in convs] + [model.head.contexts.layer]
-    assert sorted(layers) == list(range(21))
-    assert not [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert sorted(layers) == list(range(1, 21))  # index 0 stays the stem's
+    stem = model.trunk.stem
+    assert type(stem) is nn.Conv2d and stem.bias is None
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.padding) == (3, WIDTH, (3, 3), (1, 1))
+    # nn.Conv2d's own initialisation: U(±1/sqrt(fan_in)), fan_in = 3·3·3
+    assert stem.weight.abs().max() <= 27 ** -0.5 and stem.weight.std() > 0.5 * 27 ** -0.5 / 3 ** 0.5
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(not bn.affine and not bn.track_running_stats for bn in bns)
+
+
+def test_superpose_stem_binds_the_stem_too_and_leaves_the_other_contexts_alone():
+    plain = build_model(_cfg(psp="binary"), (3, 32, 32), n_contexts=3)
+    model = build_model(_cfg(psp="binary", superpose_stem=True), (3, 32, 32), n_contexts=3)
+    convs = [m for m in model.modules() if isinstance(m, SuperposedConv2d)]
+    assert len(convs) == 20 and model.trunk.stem.contexts.layer == 0
+    assert not [m for m in model.modules() if type(m) is nn.Conv2d]
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(model.trunk.stem(x, 0), model.trunk.stem(x, 1))  # a stem per task
+    pairs = list(zip([m for m in plain.modules() if isinstance(m, SuperposedConv2d)],
+                     [m for m in convs if m is not model.trunk.stem]))
+    assert len(pairs) == 19
+    for a, b in pairs:
+        assert a.contexts.layer == b.contexts.layer
+        assert torch.equal(a.contexts(2), b.contexts(2))
 
 
 def test_psp_none_equals_a_plain_resnet18():

@@ -90,10 +90,12 @@ def test_rotating_mnist_runs_end_to_end_under_each_schedule(schedule):
     summary = train(cfg, lambda task, r: rows.extend(r))
     assert summary.status == "completed" and summary.steps_done == 60
     used = [r["context"] for r in rows if r["split"] == "train"]
+    # cycle and local_mix: key (step // 10) mod 4, step 1-based; fast: step mod 4
+    every_10 = [0] * 9 + [1] * 10 + [2] * 10 + [3] * 10 + [0] * 10 + [1] * 10 + [2]
     expected = {"task": [0] * 30 + [1] * 30,
-                "cycle": ([0] * 10 + [1] * 10 + [2] * 10 + [3] * 10) + [0] * 10 + [1] * 10,
-                "fast": [s % 4 for s in range(60)],
-                "local_mix": [s % 4 for s in range(60)]}[schedule]
+                "cycle": every_10,
+                "fast": [1, 2, 3, 0] * 15,
+                "local_mix": every_10}[schedule]
     assert used == expected
     tests = [r for r in rows if r["split"] == "test"]
     assert {(r["step"], r["eval_task"]) for r in tests} == {(15, 0), (30, 0), (45, 0), (45, 1),
@@ -135,18 +137,34 @@ def test_rotation_on_the_gpu_matches_the_cpu(mnist):
         assert torch.equal(b, gpu.batch(gpu.train_x, gpu.train_y, index.cuda(), step + 1000)[0])
 
 
-def test_rotating_spec_is_valid():
+def test_rotating_spec_is_figure_5_right_in_the_reference_settings():
     from orchestrator.spec import load_spec
 
     spec = load_spec(ROOT / "sweeps" / "rotating_mnist.yaml")
     trials = [TrialConfig(**t) for t in spec.trials()]
-    assert {t.context_schedule for t in trials} == {"task", "cycle", "fast", "local_mix"}
-    assert all(t.stream == "rotating" and t.psp == "complex" for t in trials)
-    by_schedule = {t.context_schedule: t for t in trials}
-    assert by_schedule["cycle"].n_contexts == 10 and by_schedule["cycle"].context_every == 100
-    assert by_schedule["fast"].n_contexts == by_schedule["local_mix"].n_contexts == 1000
+    # pspComplex, pspLocalMix (100 steps), pspFast, pspFastLocalMix (every step), per dataset
+    assert sorted((t.dataset, t.context_schedule, t.context_every) for t in trials) == sorted(
+        (d, s, e) for d in ("mnist", "fashion_mnist") for s in ("cycle", "local_mix")
+        for e in (100, 1))
+    assert all(t.stream == "rotating" and t.psp == "complex" and t.units == 256 and t.depth == 3
+               and t.lr == 1e-4 and t.optimizer == "rmsprop" and t.batch_size == 128
+               and t.tasks * t.steps_per_task == 50_000 and t.n_contexts == 1000
+               and not t.learn_context for t in trials)
     smoke = [TrialConfig(**t) for t in spec.trials(smoke=True)]
     assert len(smoke) == 4 and all(t.dataset == "mnist5k" for t in smoke)
+
+
+def test_psp_types_spec_is_figure_5_left():
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(ROOT / "sweeps" / "rotating_psp_types.yaml")
+    trials = [TrialConfig(**t) for t in spec.trials()]
+    assert sorted(t.psp for t in trials) == ["binary", "complex", "none", "onepower", "rotation"]
+    assert all(t.stream == "rotating" and t.dataset == "fashion_mnist"
+               and t.context_schedule == "cycle" and t.context_every == 100
+               and t.n_contexts == 10 and t.units == 256 and t.depth == 3 and t.lr == 1e-4
+               and t.tasks * t.steps_per_task == 50_000 for t in trials)
+    assert len(spec.trials(smoke=True)) == 5
 
 
 @pytest.mark.slow
@@ -162,6 +180,10 @@ def test_rotating_spec_smoke_launches(tmp_path, ray_local, exactly_once):
     assert launch(spec, storage=str(tmp_path), smoke=True, verbose=0) == 0
     steps, trials = exactly_once(tmp_path / "rotating_mnist" / "results", n_trials=4)
     assert (trials.status == "completed").all()
-    assert set(trials.context_schedule) == {"task", "cycle", "fast", "local_mix"}
-    fast = steps[(steps.context_schedule == "fast") & (steps.split == "train")]
-    assert sorted(fast.context) == list(range(100))  # a new context every step
+    assert set(zip(trials.context_schedule, trials.context_every)) == {
+        ("cycle", 100), ("cycle", 1), ("local_mix", 100), ("local_mix", 1)}
+    train_rows = steps[steps.split == "train"]
+    fast = train_rows[(train_rows.context_schedule == "cycle") & (train_rows.context_every == 1)]
+    assert sorted(fast.context) == list(range(1, 101))  # a new context every step (steps 1-100)
+    slow = train_rows[(train_rows.context_schedule == "local_mix") & (train_rows.context_every == 100)]
+    assert set(slow.context) == {0, 1}  # 100-step contexts: steps 1-99 key 0, step 100 key 1

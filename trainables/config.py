@@ -44,15 +44,27 @@ class TrialConfig(BaseModel):
     stream: Literal["permuted", "rotating", "incremental"] = "permuted"
     learn_context: bool = False
     context_schedule: Literal["task", "cycle", "fast", "local_mix"] = "task"
-    context_every: int = Field(100, ge=1)       # cycle: steps per context
-    # Contexts of the cycle/fast/local_mix schedules. When not given: one rotation period holds
-    # them all, ROTATION_PERIOD // context_every for cycle (10) and ROTATION_PERIOD for
-    # fast/local_mix (1000); under the task schedule it is unused (10).
-    n_contexts: int = Field(10, ge=1)
+    context_every: int = Field(100, ge=1, description="cycle and local_mix: steps per context "
+                               "(100: the paper's 10 contexts per rotation; 1: a new one every step)")
+    # The key bank of the cycle/fast/local_mix schedules: step s uses key
+    # ((s mod ROTATION_PERIOD) // context_every) mod n_contexts. When not given: the keys one
+    # rotation uses, ROTATION_PERIOD // context_every for cycle and local_mix (10) and
+    # ROTATION_PERIOD for fast (1000); under the task schedule it is unused (10).
+    n_contexts: int = Field(10, ge=1, description="cycle/fast/local_mix: keys in the bank "
+                            "(local_mix wraps neighbours around it); default: the keys one "
+                            "1000-step rotation uses")
     penalty: Literal["none", "ewc", "si"] = "none"
     penalty_strength: float = Field(0.0, ge=0)
     heads: Literal["single", "multi"] = "single"
     output_units: int = Field(10, ge=2)
+    # Incremental CIFAR (PSP §4.2): the reference code's protocol by default.
+    augment: bool = Field(False, description="incremental CIFAR: random crop (4-pixel padding) "
+                          "and horizontal flip of training batches; off in the reference code")
+    cifar100_first_class: int = Field(10, ge=0, le=90, description="incremental CIFAR: task t>=1 "
+                                      "is CIFAR-100 classes f+10(t-1)..f+10(t-1)+9; the reference "
+                                      "uses 10 (classes 10-49 for tasks 1-4)")
+    superpose_stem: bool = Field(False, description="ResNet-18: superpose the stem convolution "
+                                 "too; the reference code leaves it a plain conv")
     # SupSup (model 'supsup'). The defaults are the reference's GNu permuted-MNIST code.
     mask_density: float | None = Field(
         None, gt=0, le=1, description="SupSup, mask_rule topk only: fraction of each layer's "
@@ -95,9 +107,9 @@ class TrialConfig(BaseModel):
         if isinstance(data, dict) and data.get("n_contexts") is None:
             schedule = data.get("context_schedule", "task")
             every = data.get("context_every", 100)
-            if schedule == "cycle" and isinstance(every, int) and every >= 1:
+            if schedule in ("cycle", "local_mix") and isinstance(every, int) and every >= 1:
                 data = {**data, "n_contexts": max(1, ROTATION_PERIOD // every)}
-            elif schedule in ("fast", "local_mix"):
+            elif schedule == "fast":
                 data = {**data, "n_contexts": ROTATION_PERIOD}
         return data
 
@@ -141,6 +153,23 @@ class TrialConfig(BaseModel):
                              "psp 'complex' and learn_context false")
         if self.penalty == "none" and self.penalty_strength:
             raise ValueError("penalty_strength is set but penalty is 'none'")
+        return self
+
+    @model_validator(mode="after")
+    def _incremental_options(self) -> "TrialConfig":
+        """The iCIFAR options act on the incremental stream (and the ResNet) only: set elsewhere
+        they would be recorded in the trials table without changing anything."""
+        if self.augment and self.stream != "incremental":
+            raise ValueError(f"augment: crop and flip are the incremental CIFAR stream's; "
+                             f"stream is {self.stream!r}")
+        if self.superpose_stem and self.model != "resnet18":
+            raise ValueError(f"superpose_stem: only model 'resnet18' has a stem, not {self.model!r}")
+        if self.stream == "incremental":
+            most = 1 + (100 - self.cifar100_first_class) // 10
+            if self.tasks > most:
+                raise ValueError(f"tasks: incremental CIFAR from CIFAR-100 class "
+                                 f"{self.cifar100_first_class} has at most {most} tasks "
+                                 f"(CIFAR-10 + {most - 1} ten-class splits), not {self.tasks}")
         return self
 
     @field_validator("cuda_graph")

@@ -91,16 +91,19 @@ def make_context(psp: str, seed: int, layer: int, index: int, dim: int) -> torch
 
 def local_mix_context(psp: str, seed: int, layer: int, index: int, dim: int,
                       n_contexts: int) -> torch.Tensor:
-    """pspFastLocalMix (PSP §4.1.3): context k mixes the phases of its neighbours in time,
+    """pspLocalMix / pspFastLocalMix (PSP §4.1.3): context k mixes its neighbours' phases,
 
         c_k^j = exp(i · (φ_j(k−1) + φ_j(k) + φ_j(k+1)) / 3),   magnitude 1,
 
-    φ(k) the phases of pspComplex's context k (``complex_phase``), indices taken mod n_contexts
-    so that the cycle wraps (context 0's neighbours are n_contexts−1 and 1). The mean is the
-    arithmetic mean of the angles in [−π, π), as the reference code takes it, not a circular
-    mean. Consecutive contexts share two of their three phase draws, so the contexts of nearby
-    steps — which see nearly the same rotation — are correlated. Shape (dim,) complex64; the
-    signature is make_context's plus n_contexts (bind it with functools.partial).
+    φ(k) the phases of pspComplex's context k (``complex_phase``), indices taken mod n_contexts,
+    the size of the key bank (the reference's ``pick_key('local_mix')`` wraps around its bank
+    of ``net_period`` keys). With a bank of exactly the contexts in use the cycle wraps
+    (context 0's neighbours are n_contexts−1 and 1); with a larger bank, as the reference's 50
+    keys for 10 contexts, the first and last contexts mix in keys never used alone. The mean is
+    the arithmetic mean of the angles in [−π, π), as the reference code takes it, not a
+    circular mean. Consecutive contexts share two of their three phase draws, so the contexts
+    of nearby steps — which see nearly the same rotation — are correlated. Shape (dim,)
+    complex64; the signature is make_context's plus n_contexts (bind it with functools.partial).
     """
     if psp != "complex":
         raise ValueError(f"local_mix mixes complex phases: psp must be 'complex', not {psp!r}")

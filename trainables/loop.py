@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainables.config import TrialConfig
+from trainables.config import ROTATION_PERIOD, TrialConfig
 from trainables.contexts import generator, local_mix_context
 from trainables.data import load_dataset
 from trainables.layers import use_context_function
@@ -74,23 +74,27 @@ def batch_indices(cfg: TrialConfig, task: int, n_examples: int, device: torch.de
 def context_at(cfg: TrialConfig, step: int, task: int) -> int:
     """The context index in use at update ``step`` (1-based) while training ``task``.
 
-    task:      the task's own context.
-    cycle:     a new context every context_every steps, n_contexts of them in turn, reused
-               (the paper: every 100 steps, the same 10 in each 1000-step rotation).
-    fast, local_mix: a new context every step, reused every n_contexts steps (pspFast; local_mix
-               differs only in how the layers generate context k: see local_mix_context).
+    task:  the task's own context.
+    cycle, local_mix:  key ((step mod P) // context_every) mod n_contexts, P = ROTATION_PERIOD:
+           a new context every context_every steps, the same ones in every rotation (the
+           paper: every 100 steps, 10 per 1000-step rotation). The reference code's time,
+           ``t % cheat_period / time_slow``, with t the step whose batch is rotated by 2π·t/P:
+           the 0° batch (step P·k) starts key 0. local_mix differs only in how the layers
+           make context k (see local_mix_context); with context_every 1 it is pspFastLocalMix.
+    fast:  step mod P mod n_contexts, a new context every step (pspFast; = cycle with
+           context_every 1).
     """
     if cfg.context_schedule == "task":
         return task
-    if cfg.context_schedule == "cycle":
-        return (step - 1) // cfg.context_every % cfg.n_contexts
-    return (step - 1) % cfg.n_contexts
+    every = 1 if cfg.context_schedule == "fast" else cfg.context_every
+    return (step % ROTATION_PERIOD) // every % cfg.n_contexts
 
 
 def eval_context(cfg: TrialConfig, eval_task: int) -> int:
     """The context used to test ``eval_task``: its own under the task schedule; otherwise the
     context in use at the task's last step. On a rotating stream whose tasks are whole rotation
-    periods that is the context of the 0° images — the angle the test set is shown at."""
+    periods that is the context of the 0° images — the angle the test set is shown at (key 0,
+    the reference's test context)."""
     if cfg.context_schedule == "task":
         return eval_task
     return context_at(cfg, (eval_task + 1) * cfg.steps_per_task, eval_task)

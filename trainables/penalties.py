@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-FISHER_EXAMPLES = 256  # EWC: training examples per task in the empirical Fisher
+FISHER_EXAMPLES = 256  # EWC: training inputs per task in the Fisher
 SI_DAMPING = 0.1       # SI: ξ, keeps Ω finite for parameters that barely moved
 
 
@@ -65,9 +65,14 @@ class EWC(_Penalty):
 
         L = L_t + λ/2 Σ_{τ<t} Σ_i F_i^τ (θ_i − θ*_i^τ)²
 
-    F^τ the diagonal empirical Fisher of task τ, F_i^τ = mean_n (∂ log p(y_n | x_n; θ*^τ)/∂θ_i)²
-    over FISHER_EXAMPLES training examples of τ (one gradient per example, at the end of τ,
-    with τ's context), and θ*^τ the parameters at the end of τ. The sum over tasks is kept in
+    F^τ the diagonal Fisher information of task τ at θ*^τ, the expectation over the model's own
+    predictive distribution (not the observed labels: that "empirical Fisher" is another
+    matrix),
+
+        F_i^τ = mean_n Σ_c p(c | x_n) (∂ log p(c | x_n; θ*^τ)/∂θ_i)²,
+
+    computed exactly (a gradient per example and class) on FISHER_EXAMPLES training inputs of
+    τ with τ's context, and θ*^τ the parameters at the end of τ. The sum over tasks is kept in
     O(1) memory as one quadratic: Σ_τ F^τ (θ − θ*^τ)² = F̄ (θ − θ̄)² + const, with the
     accumulated Fisher F̄ = Σ_τ F^τ and the Fisher-weighted anchor θ̄ = Σ_τ F^τ θ*^τ / F̄.
     ``penalty`` returns λ/2 Σ_i F̄_i (θ_i − θ̄_i)², which differs from the sum over tasks only
@@ -90,22 +95,25 @@ class EWC(_Penalty):
 
     def end_task(self, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
                  context: int) -> None:
-        """Add this task's Fisher (on ``data``: x (N, ...), y (N,)) and move θ̄ towards θ*."""
-        x, y = data
-        x, y = x[: self.examples], y[: self.examples]
+        """Add this task's Fisher (on the inputs of ``data``: x (N, ...); labels unused) and move
+        θ̄ towards θ*."""
+        x = data[0][: self.examples]
         params = _trainable(model)
         fisher = _zeros_like(params)
-        for n in range(len(y)):  # one example at a time: the squares of per-example gradients
-            model.zero_grad(set_to_none=True)
-            log_likelihood = -F.cross_entropy(model(x[n:n + 1], context), y[n:n + 1])
-            log_likelihood.backward()
-            for name, p in params.items():
-                if p.grad is not None:
-                    fisher[name] += p.grad.detach().pow(2)
+        for n in range(len(x)):  # squares of per-example gradients: one example at a time
+            log_p = F.log_softmax(model(x[n:n + 1], context), dim=1)[0]  # (C,)
+            probs = log_p.detach().exp()
+            one_hot = torch.eye(len(log_p), dtype=log_p.dtype, device=log_p.device)  # (C, C)
+            # every class's gradient in one backward pass, vmapped over the C one-hot outputs
+            grads = torch.autograd.grad(log_p, list(params.values()), grad_outputs=one_hot,
+                                        is_grads_batched=True, allow_unused=True)  # (C, *shape)
+            for name, g in zip(params, grads):
+                if g is not None:
+                    fisher[name] += torch.tensordot(probs, g.pow(2), dims=1)  # Σ_c p_c g_c²
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             for name, p in params.items():
-                task_fisher = fisher[name] / max(len(y), 1)
+                task_fisher = fisher[name] / max(len(x), 1)
                 total = self.fisher[name] + task_fisher
                 weighted = self.fisher[name] * self.anchor[name] + task_fisher * p
                 # the first consolidation (no Fisher yet) anchors exactly at θ*
@@ -114,14 +122,17 @@ class EWC(_Penalty):
 
 
 class SI(_Penalty):
-    """Synaptic intelligence (Zenke et al. 2017):
+    """Synaptic intelligence (Zenke et al. 2017), as its reference code (ganguli-lab/pathint,
+    ``PATH_INT_PROTOCOL`` with omega_decay='sum') computes it:
 
-        L = L_t + c Σ_i Ω_i (θ_i − θ̃_i)²,   Ω_i = Σ_{τ<t} ω_i^τ / ((Δ_i^τ)² + ξ)
+        L = L_t + c Σ_i Ω_i (θ_i − θ̃_i)²,   Ω_i ← max(0, Ω_i + ω_i^τ / ((Δ_i^τ)² + ξ)) per task τ
 
     ω_i^τ = −Σ_steps g_i · δθ_i, the path integral over task τ of the task loss's gradient g
     (the penalty's own gradient is subtracted from the parameter's .grad) times each update δθ;
     Δ^τ the total change of θ over τ; θ̃ the parameters at the end of the last task; ξ =
-    SI_DAMPING. ω is accumulated in ``after_step`` and consolidated into Ω in ``end_task``.
+    SI_DAMPING (the reference's permuted-MNIST value). The clip at 0 is the reference's ReLU: a
+    negative importance would reward moving away from θ̃. ω is accumulated in ``after_step``
+    and consolidated into Ω in ``end_task``.
     """
 
     _state = ("importance", "anchor", "omega", "previous")
@@ -149,10 +160,11 @@ class SI(_Penalty):
 
     @torch.no_grad()
     def end_task(self, model: nn.Module, data=None, context: int | None = None) -> None:
-        """Ω += ω / (Δ² + ξ); then ω = 0 and θ̃ = θ."""
+        """Ω = max(0, Ω + ω / (Δ² + ξ)); then ω = 0 and θ̃ = θ."""
         for name, p in _trainable(model).items():
             change = p - self.anchor[name]
             self.importance[name] += self.omega[name] / (change.pow(2) + self.damping)
+            self.importance[name].clamp_(min=0)
             self.omega[name].zero_()
             self.anchor[name].copy_(p)
             self.previous[name].copy_(p)

@@ -4,12 +4,16 @@ The CIFAR variant of ResNet-18: a 3×3 stride-1 stem (no max-pool, 32×32 images
 stages of two BasicBlocks with widths w, 2w, 4w, 8w (w = ``width``; 64 is the paper's network)
 and strides 1, 2, 2, 2, global average pooling and one linear read-out.
 
-Every convolution is superposed, the 1×1 shortcut projections included (PSP eq. 8):
+Every convolution after the stem is superposed, the 1×1 shortcut projections included (PSP
+eq. 8):
 
     y_n = (w_n ⊙ c_k) * x,     c_k ∈ shape (in_ch, kh, kw), shared by all output channels n,
 
 and so is the read-out (eq. 4): logits = W (c_k ⊙ h). With psp='none' every context is 1 and the
-network is a standard ResNet-18.
+network is a standard ResNet-18. The stem is a plain ``nn.Conv2d`` (its default initialisation),
+shared by every task, as in the reference's ``HashResNet``; ``superpose_stem=True`` superposes it
+too. Layer index 0 belongs to the stem either way, so the other layers bind the same contexts
+with or without a superposed stem.
 
 BatchNorm follows the reference code: ``BatchNorm2d(affine=False, track_running_stats=False)``.
 Without an affine transform BN holds no parameters to be overwritten by later tasks, and without
@@ -97,11 +101,17 @@ class SuperposedResNet18Trunk(nn.Module):
     """
 
     def __init__(self, image_shape: tuple[int, int, int], width: int, *, psp: str, seed: int,
-                 learn_context: bool = False, n_contexts: int = 1):
+                 learn_context: bool = False, n_contexts: int = 1, superpose_stem: bool = False):
         super().__init__()
         self.image_shape = tuple(image_shape)
         conv = _ConvFactory(psp, seed, learn_context, n_contexts)
-        self.stem, self.bn_stem = conv(image_shape[0], width, 3, 1), _norm(width)
+        if superpose_stem:
+            self.stem = conv(image_shape[0], width, 3, 1)
+        else:
+            self.stem = nn.Conv2d(image_shape[0], width, 3, padding=1, bias=False)
+            conv.layer = 1  # index 0 is the stem's
+        self.superpose_stem = superpose_stem
+        self.bn_stem = _norm(width)
         blocks, n_in = [], width
         for stage, stride in enumerate((1, 2, 2, 2)):
             n_out = width * 2**stage
@@ -110,12 +120,13 @@ class SuperposedResNet18Trunk(nn.Module):
             n_in = n_out
         self.blocks = nn.ModuleList(blocks)
         self.out_features = n_in
-        self.n_conv_layers = conv.layer  # 20: stem, 16 in blocks, 3 shortcuts
+        self.n_conv_layers = conv.layer  # 20: stem, 16 in blocks, 3 shortcuts (plain stem too)
 
     def forward(self, x: torch.Tensor, context: int) -> torch.Tensor:
         if x.dim() == 2:
             x = x.view(-1, *self.image_shape)  # (B, C, H, W)
-        h = complex_relu(_batch_norm(self.bn_stem, self.stem(x, context)))  # (B, w, H, W)
+        h = self.stem(x, context) if self.superpose_stem else self.stem(x)  # (B, w, H, W)
+        h = complex_relu(_batch_norm(self.bn_stem, h))
         for block in self.blocks:
             h = block(h, context)  # (B, 8w, H/8, W/8) after the last stage
         return h.mean(dim=(2, 3))  # (B, 8w); mean works on complex tensors, avg-pool does not
@@ -128,10 +139,12 @@ class SuperposedResNet18(nn.Module):
     """
 
     def __init__(self, image_shape: tuple[int, int, int], width: int, out_features: int, *,
-                 psp: str, seed: int, learn_context: bool = False, n_contexts: int = 1):
+                 psp: str, seed: int, learn_context: bool = False, n_contexts: int = 1,
+                 superpose_stem: bool = False):
         super().__init__()
         self.trunk = SuperposedResNet18Trunk(image_shape, width, psp=psp, seed=seed,
-                                             learn_context=learn_context, n_contexts=n_contexts)
+                                             learn_context=learn_context, n_contexts=n_contexts,
+                                             superpose_stem=superpose_stem)
         self.head = SuperposedLinear(self.trunk.out_features, out_features, psp=psp, seed=seed,
                                      layer=self.trunk.n_conv_layers, bias=psp == "none",
                                      learn_context=learn_context, n_contexts=n_contexts)
@@ -187,8 +200,9 @@ def build_resnet18(cfg, in_features, n_contexts: int) -> nn.Module:
     shape = image_shape(in_features)
     common = dict(psp=cfg.psp, seed=cfg.seed, learn_context=cfg.learn_context, n_contexts=n_contexts)
     if cfg.heads == "single":
-        return SuperposedResNet18(shape, cfg.units, cfg.output_units, **common)
-    trunk = SuperposedResNet18Trunk(shape, cfg.units, **common)
+        return SuperposedResNet18(shape, cfg.units, cfg.output_units,
+                                  superpose_stem=cfg.superpose_stem, **common)
+    trunk = SuperposedResNet18Trunk(shape, cfg.units, superpose_stem=cfg.superpose_stem, **common)
     heads = TaskHeads(trunk.out_features, cfg.output_units, n_contexts,
                       layer=trunk.n_conv_layers, **common)
     return MultiHeadNet(trunk, heads)

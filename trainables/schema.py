@@ -27,8 +27,9 @@ from typing import Any
 
 import pyarrow as pa
 
-# 2: input_norm, mask_rule, infer_examples, infer_every and permute_task0 joined the parameters
-#    (files of version 1 read them as null); split test_inferred joined the measurements.
+# 2: input_norm, augment, cifar100_first_class, superpose_stem, mask_rule, infer_examples,
+#    infer_every and permute_task0 joined the parameters (files of version 1 read them as
+#    null); split test_inferred joined the measurements.
 SCHEMA_VERSION = 2
 METADATA_KEY = b"psplab.schema_version"
 
@@ -55,6 +56,9 @@ PARAM_FIELDS: dict[str, pa.DataType] = {
     "penalty_strength": pa.float64(),
     "heads": pa.string(),            # single | multi
     "output_units": pa.int32(),
+    "augment": pa.bool_(),           # iCIFAR crop+flip (added in version 2)
+    "cifar100_first_class": pa.int32(),  # iCIFAR: first CIFAR-100 class of task 1 (version 2)
+    "superpose_stem": pa.bool_(),    # ResNet-18 stem superposed (added in version 2)
     "mask_density": pa.float64(),   # SupSup, mask_rule topk: fraction each mask keeps (else null)
     "mask_rule": pa.string(),        # SupSup: sign | topk (added in version 2)
     "infer_examples": pa.int32(),    # SupSup: examples per task-inference decision (version 2)
@@ -98,8 +102,9 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
 
 # Columns a later version added, by the version that added them: files written before it lack
 # them (readers get null), which is not schema drift.
-ADDED_IN_VERSION = {"input_norm": 2, "mask_rule": 2, "infer_examples": 2, "infer_every": 2,
-                    "permute_task0": 2}
+ADDED_IN_VERSION = {"input_norm": 2, "augment": 2, "cifar100_first_class": 2,
+                    "superpose_stem": 2, "mask_rule": 2, "infer_examples": 2,
+                    "infer_every": 2, "permute_task0": 2}
 
 SPLITS = ("train", "test", "infer", "test_inferred")
 STATUSES = ("running", "completed", "diverged", "error")
