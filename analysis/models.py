@@ -1,0 +1,171 @@
+"""One group's retention model: the family chosen by held-out error, its fit, and its bootstrap
+over seeds — what K*, the forecasts and the backtest are all computed from.
+
+Choosing the family. The families of ``analysis.retention`` reach similar in-sample error on
+the few tasks a sweep runs and then extrapolate very differently, so in-sample fit cannot
+choose between them. ``select_family`` uses a rolling origin inside the data it is given:
+fit each family on the measurements taken while the first o tasks trained (o = ⌊m/2⌋ of the m
+tasks available), forecast the measurements of those same tasks taken after, and keep the family
+with the lowest weighted rms forecast error. Only data the caller may use are touched, so a
+backtest that fits on its first m tasks also chooses on them.
+
+Bootstrap. Replicates resample seeds (all the trials of a seed together) with replacement and
+refit, starting from the full fit. With fewer than three seeds there are no replicates and no
+interval (``analysis.groups``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import groups as grp
+from analysis import retention as ret
+
+DEFAULT_FAMILIES = ("power", "power_half", "exp")
+FALLBACK = "power_half"    # the theory's curve, when the data cannot choose
+SELECTION_ORIGIN = 0.5     # fraction of the available tasks the selection fits on
+
+
+@dataclass
+class Arrays:
+    """Points as plain arrays (the bootstrap refits hundreds of times; pandas would dominate)."""
+
+    n: np.ndarray
+    y: np.ndarray          # accuracy − chance
+    w: np.ndarray
+    unit: np.ndarray       # 0..m−1, one per (trial, task)
+    m: int
+
+    @staticmethod
+    def pool(parts: list["Arrays"]) -> "Arrays":
+        offsets = np.cumsum([0] + [p.m for p in parts[:-1]])
+        return Arrays(np.concatenate([p.n for p in parts]), np.concatenate([p.y for p in parts]),
+                      np.concatenate([p.w for p in parts]),
+                      np.concatenate([p.unit + o for p, o in zip(parts, offsets)]),
+                      int(sum(p.m for p in parts)))
+
+
+@dataclass
+class GroupModel:
+    """A family fitted to one group's points, with its seed bootstrap (``boot``: (B, k) θ
+    draws, None with fewer than three seeds)."""
+
+    family: ret.Family
+    fit: ret.Fit
+    points: pd.DataFrame          # retention points with ``unit`` and ``fitted``
+    units: pd.DataFrame           # unit → trial_id, seed, eval_task, b (fitted A − c)
+    arrays: Arrays
+    boot: np.ndarray | None
+    boot_mean_b: np.ndarray | None  # (B,) the replicates' mean amplitude Ā − c
+    n_seeds: int
+    chance: float
+    selection: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def interval_note(self) -> str:
+        return grp.no_interval(self.n_seeds)
+
+
+def arrays_of(points: pd.DataFrame, chance: float) -> tuple[Arrays, pd.DataFrame]:
+    """(Arrays, units table) of retention points: each (trial, task) its own unit."""
+    keys = list(zip(points["trial_id"], points["eval_task"].astype(int)))
+    unit, uniques = pd.factorize(pd.Series(keys, dtype=object))
+    units = pd.DataFrame(list(uniques), columns=["trial_id", "eval_task"])
+    seeds = points.drop_duplicates("trial_id").set_index("trial_id")
+    units["seed"] = (seeds["seed"].reindex(units["trial_id"]).to_numpy() if "seed" in seeds
+                     else units["trial_id"].to_numpy())
+    arrays = Arrays(points["n"].to_numpy(float), (points["accuracy"] - chance).to_numpy(float),
+                    points["weight"].to_numpy(float), np.asarray(unit, dtype=int), len(units))
+    return arrays, units
+
+
+def _per_seed(arrays: Arrays, units: pd.DataFrame) -> list[Arrays]:
+    parts = []
+    for _, rows in units.groupby("seed", sort=True):
+        local = np.full(arrays.m, -1)
+        local[rows.index.to_numpy()] = np.arange(len(rows))
+        mask = np.isin(arrays.unit, rows.index.to_numpy())
+        parts.append(Arrays(arrays.n[mask], arrays.y[mask], arrays.w[mask],
+                            local[arrays.unit[mask]], len(rows)))
+    return parts
+
+
+def bootstrap(arrays: Arrays, units: pd.DataFrame, fam: ret.Family, theta: np.ndarray,
+              n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """(θ, mean amplitude) of ``n_boot`` refits on seeds resampled with replacement — (B, k)
+    and (B,) — or (None, None) with fewer than three seeds."""
+    parts = _per_seed(arrays, units)
+    if len(parts) < grp.MIN_SEEDS or n_boot <= 0:
+        return None, None
+    rng = np.random.default_rng(seed)
+    thetas, mean_b = np.empty((n_boot, len(theta))), np.empty(n_boot)
+    for b in range(n_boot):
+        picked = Arrays.pool([parts[i] for i in rng.integers(0, len(parts), len(parts))])
+        fit = ret.fit_curve(picked.n, picked.y, picked.unit, picked.w, fam, start=theta)
+        thetas[b], mean_b[b] = fit.theta, np.nanmean(fit.b)
+    return thetas, mean_b
+
+
+def select_family(points: pd.DataFrame, chance: float,
+                  families=DEFAULT_FAMILIES) -> pd.DataFrame:
+    """Held-out rms error (accuracy units) of each family at a rolling origin (see the module
+    docstring): columns family, heldout_rmse, n_heldout, origin, chosen. When the data are too
+    short to hold anything out, every error is NaN and the theory's curve is chosen."""
+    m = float(points["tasks_trained"].max()) if len(points) else 0.0
+    origin = int(np.floor(SELECTION_ORIGIN * m))
+    fit_part = points[points["tasks_trained"] <= origin]
+    later = points[(points["tasks_trained"] > origin) & (points["eval_task"] < origin)]
+    rows = []
+    usable = (origin >= 2 and fit_part.loc[fit_part["n"] > 0, "n"].nunique() >= 3
+              and len(later))
+    for name in families:
+        error = float("nan")
+        if usable:
+            model = fit_points(fit_part, chance, name)
+            predicted = predict_known(model, later)
+            w = later["weight"].to_numpy(float)
+            error = float(np.sqrt(np.sum(w * (later["accuracy"].to_numpy() - predicted) ** 2)
+                                  / w.sum()))
+        rows.append({"family": name, "heldout_rmse": error, "n_heldout": len(later),
+                     "origin": origin})
+    table = pd.DataFrame(rows)
+    best = (table["family"].iloc[int(np.nanargmin(table["heldout_rmse"]))] if usable
+            else FALLBACK if FALLBACK in families else families[0])
+    return table.assign(chosen=table["family"] == best)
+
+
+def fit_points(points: pd.DataFrame, chance: float, family: str = "auto", *, n_boot: int = 0,
+               seed: int = 0, families=DEFAULT_FAMILIES) -> GroupModel:
+    """The group model of ``points`` (``retention.retention_points`` of one group's data):
+    ``family`` "auto" chooses by ``select_family``."""
+    selection = pd.DataFrame()
+    if family == "auto":
+        selection = select_family(points, chance, families)
+        family = str(selection.loc[selection["chosen"], "family"].iloc[0])
+    fam = ret.family(family)
+    arrays, units = arrays_of(points, chance)
+    fit = ret.fit_curve(arrays.n, arrays.y, arrays.unit, arrays.w, fam)
+    units = units.assign(b=fit.b)
+    fitted = chance + fit.b[arrays.unit] * fam.shape(arrays.n, *fit.theta)
+    points = points.assign(unit=arrays.unit, fitted=fitted)
+    boot, boot_mean_b = bootstrap(arrays, units, fam, fit.theta, n_boot, seed)
+    return GroupModel(fam, fit, points, units, arrays, boot, boot_mean_b, grp.n_seeds(points),
+                      chance, selection)
+
+
+def predict_known(model: GroupModel, targets: pd.DataFrame) -> np.ndarray:
+    """Point forecasts c + b_u·z(n; θ̂) for targets (trial_id, eval_task, n) whose task is in
+    the model; a task it has not seen gets its trial's mean amplitude."""
+    b = _amplitude_lookup(model, targets)
+    return model.chance + b * model.family.shape(targets["n"].to_numpy(float), *model.fit.theta)
+
+
+def _amplitude_lookup(model: GroupModel, targets: pd.DataFrame) -> np.ndarray:
+    known = model.units.set_index(["trial_id", "eval_task"])["b"]
+    index = pd.MultiIndex.from_arrays([targets["trial_id"], targets["eval_task"].astype(int)])
+    b = known.reindex(index).to_numpy(float)
+    trial_mean = model.units.groupby("trial_id")["b"].mean()
+    fill = trial_mean.reindex(targets["trial_id"]).to_numpy(float)
+    return np.where(np.isnan(b), fill, b)
