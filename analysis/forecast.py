@@ -1,0 +1,212 @@
+"""Forecasts of accuracy after more tasks, with prediction intervals, and the backtest that
+checks them against what was measured later.
+
+``forecast(df, fit_tasks=m, horizon=T)`` fits each group on the measurements taken while the
+first m tasks trained (step ≤ m·steps_per_task) and predicts, per trial and for the seed mean,
+task 0's accuracy after each of T tasks and the final accuracy row R[T−1, ·].
+
+Point forecast of trial s, task j after n later tasks: c + b_sj·z(n; θ̂), with the group's
+curve θ̂ and the task's own fitted amplitude b_sj = A_sj − c; a task not trained by task m
+gets the mean amplitude of its trial's tasks.
+
+Prediction interval (level 90% by default), from draws that add, in turn:
+
+1. the seed-to-seed spread of the curve and the uncertainty of the group's fit: θ drawn as
+   θ̂ + f·(θ_b − θ̂), θ_b the seed-bootstrap refits. The bootstrap spread of a fit pooled over
+   S seeds is about the seed-to-seed spread / √S, so one trial's curve (its own deviation plus
+   the fit's error) gets f = √(S + 1) and a mean over the S seeds (its deviation /√S plus the
+   fit's error) gets f = √2;
+2. the amplitudes refitted under each drawn θ (in the fit window), and for a task not yet
+   trained, its trial's mean amplitude plus the within-trial spread of amplitudes;
+3. measurement noise: one test of p on N images is binomial, s.d. √(p(1 − p)/N) (N from
+   ``n_examples``, else 1000): about 1 accuracy point at 90%.
+
+With fewer than three seeds there is no bootstrap and no interval ("no interval (n seeds)").
+The intervals cover model uncertainty within a family, not the error of extrapolating the wrong
+family: that is what ``backtest`` measures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import groups as grp
+from analysis import models as mdl
+from analysis import retention as ret
+from analysis.metrics import accuracy_matrix
+
+LEVEL = 0.9
+DRAWS_PER_BOOT = 5
+TEST_EXAMPLES = 1000   # mnist5k's test split, when the data do not say
+
+
+class ForecastError(ValueError):
+    """The data cannot support the forecast asked for; the message says why in one line."""
+
+
+def _window(frame: pd.DataFrame, fit_tasks: int) -> pd.DataFrame:
+    spt = frame["steps_per_task"].astype(int)
+    return frame[frame["step"] <= fit_tasks * spt]
+
+
+def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["split"] == "test"] if "split" in df else df
+
+
+def _n_test(frame: pd.DataFrame) -> dict:
+    if "n_examples" not in frame:
+        return {}
+    sizes = frame.dropna(subset=["n_examples"]).groupby("trial_id")["n_examples"].median()
+    return sizes.astype(float).to_dict()
+
+
+# ---- draws -----------------------------------------------------------------------------------
+def _draws(model: mdl.GroupModel, targets: pd.DataFrame, factor: float, n_test: dict,
+           rng: np.random.Generator) -> np.ndarray:
+    """(D, P) draws of the measured accuracy at each target (trial_id, eval_task, n)."""
+    fam, theta = model.family, model.fit.theta
+    boot = np.repeat(model.boot, DRAWS_PER_BOOT, axis=0)
+    bounds = np.array(fam.bounds)
+    thetas = np.clip(theta + factor * (boot - theta), bounds[:, 0], bounds[:, 1])
+    cols = [thetas[:, i:i + 1] for i in range(thetas.shape[1])]
+    a = model.arrays
+    b = ret.amplitudes(fam.shape(a.n[None, :], *cols), a.y, a.unit, a.w, a.m)   # (D, m)
+    units = model.units
+    key = dict(zip(zip(units["trial_id"], units["eval_task"]), units.index))
+    index = np.array([key.get((t, int(j)), -1) for t, j in
+                      zip(targets["trial_id"], targets["eval_task"])])
+    trial_codes, trials = pd.factorize(units["trial_id"])
+    per_trial = np.stack([np.nanmean(b[:, trial_codes == k], axis=1)
+                          for k in range(len(trials))], axis=1)                     # (D, trials)
+    spread = _amplitude_spread(units)
+    target_trial = pd.Index(trials).get_indexer(targets["trial_id"])
+    amp = np.where(index >= 0, b[:, np.maximum(index, 0)],
+                   per_trial[:, np.maximum(target_trial, 0)]
+                   + rng.normal(0.0, spread, (len(b), len(targets))))
+    value = model.chance + amp * fam.shape(targets["n"].to_numpy(float)[None, :], *cols)
+    sizes = np.array([n_test.get(t, TEST_EXAMPLES) for t in targets["trial_id"]])
+    p = np.clip(value, 0.0, 1.0)
+    value = value + rng.normal(0.0, 1.0, value.shape) * np.sqrt(p * (1 - p) / sizes)
+    return np.clip(value, 0.0, 1.0)
+
+
+def _amplitude_spread(units: pd.DataFrame) -> float:
+    """The s.d. of a task's amplitude around its trial's mean, pooled over trials."""
+    deviations = units["b"] - units.groupby("trial_id")["b"].transform("mean")
+    dof = len(units) - units["trial_id"].nunique()
+    return float(np.sqrt(np.nansum(deviations ** 2) / dof)) if dof > 0 else 0.0
+
+
+def intervals(model: mdl.GroupModel, targets: pd.DataFrame, level: float, n_test: dict,
+              seed: int = 0, mean_over: list[str] | None = None) -> pd.DataFrame:
+    """Prediction intervals lo, hi for each target row (one trial's measurement), or, with
+    ``mean_over`` (the columns that identify a seed-mean point, e.g. eval_task and n), for the
+    mean over the trials listed for it. NaN without a bootstrap."""
+    qs = [(1 - level) / 2, (1 + level) / 2]
+    if mean_over is None:
+        out = pd.DataFrame({"lo": np.nan, "hi": np.nan}, index=targets.index)
+        if model.boot is None or targets.empty:
+            return out
+        factor = np.sqrt(model.n_seeds + 1)
+        rng = np.random.default_rng(seed)
+        for start in range(0, len(targets), 2000):
+            part = targets.iloc[start:start + 2000]
+            values = _draws(model, part, factor, n_test, rng)
+            out.loc[part.index, ["lo", "hi"]] = np.quantile(values, qs, axis=0).T
+        return out
+    keys = targets.groupby(mean_over, sort=True).size().index
+    out = pd.DataFrame({"lo": np.nan, "hi": np.nan}, index=keys)
+    if model.boot is None or targets.empty:
+        return out
+    rng = np.random.default_rng(seed)
+    values = _draws(model, targets, np.sqrt(2.0), n_test, rng)
+    codes = targets.groupby(mean_over, sort=True).ngroup().to_numpy()
+    sums = np.zeros((len(values), len(keys)))
+    np.add.at(sums.T, codes, values.T)
+    means = sums / np.bincount(codes, minlength=len(keys))
+    out[["lo", "hi"]] = np.quantile(means, qs, axis=0).T
+    return out
+
+
+# ---- forecast --------------------------------------------------------------------------------
+@dataclass
+class Forecast:
+    """Per group and trial (``trial_id`` "mean": the seed mean): ``task0`` (n = 0..T−1, i.e.
+    after 1..T tasks) and ``final_row`` (R[T−1, j], j = 0..T−1), each with pred, lo, hi and
+    interval (the method, or why there is none); ``models`` one row per group."""
+
+    task0: pd.DataFrame
+    final_row: pd.DataFrame
+    models: pd.DataFrame
+    fitted: dict = field(default_factory=dict)   # group label → GroupModel
+
+
+def forecast(df: pd.DataFrame, fit_tasks: int, horizon: int, *, family: str = "auto",
+             trials: pd.DataFrame | None = None, level: float = LEVEL, n_boot: int = 200,
+             chance: float = ret.CHANCE, seed: int = 0) -> Forecast:
+    """Fit each group on its first ``fit_tasks`` tasks; forecast up to ``horizon`` tasks (see
+    the module docstring). Raises ForecastError when no group can be fitted."""
+    if fit_tasks < 2:
+        raise ForecastError(f"fit_tasks {fit_tasks}: need at least 2 tasks to fit retention")
+    if horizon < 1:
+        raise ForecastError(f"horizon {horizon}: must be at least 1 task")
+    tests, by = grp.grouped(_test_rows(df), trials)
+    task0, final, rows, fitted = [], [], [], {}
+    for keys, frame in grp.groups(tests, by):
+        model, note = _fit_window(frame, fit_tasks, family, chance, n_boot, seed)
+        rows.append({**keys, **_model_row(model, note, fit_tasks)})
+        if model is None:
+            continue
+        fitted[grp.label(keys)] = model
+        n_test = _n_test(frame)
+        trial_ids = sorted(model.units["trial_id"].unique())
+        seeds = model.units.drop_duplicates("trial_id").set_index("trial_id")["seed"]
+        curve = pd.DataFrame([(t, 0, n) for t in trial_ids for n in range(horizon)],
+                             columns=["trial_id", "eval_task", "n"])
+        curve = curve[curve.set_index(["trial_id", "eval_task"]).index.isin(
+            model.units.set_index(["trial_id", "eval_task"]).index)]
+        row = pd.DataFrame([(t, j, horizon - 1 - j) for t in trial_ids for j in range(horizon)],
+                           columns=["trial_id", "eval_task", "n"])
+        for targets, sink in ((curve, task0), (row, final)):
+            targets = targets.reset_index(drop=True).assign(seed=lambda t: seeds[t.trial_id].values)
+            targets = targets.assign(tasks_trained=targets["n"] + targets["eval_task"] + 1,
+                                     pred=mdl.predict_known(model, targets))
+            targets = targets.join(intervals(model, targets, level, n_test, seed))
+            means = targets.groupby(["eval_task", "n"], sort=True).agg(
+                tasks_trained=("tasks_trained", "first"), pred=("pred", "mean"),
+                seeds=("seed", "nunique")).join(
+                intervals(model, targets, level, n_test, seed, ["eval_task", "n"]))
+            means = means.reset_index().assign(trial_id="mean", seed=pd.NA)
+            both = pd.concat([targets, means], ignore_index=True)
+            sink.append(both.assign(**keys, level=level,
+                                    interval=model.interval_note or "seed bootstrap + binomial"))
+    if not fitted:
+        notes = "; ".join(f"{grp.label({k: r[k] for k in by})}: {r['note']}" for r in rows)
+        raise ForecastError(f"no group could be fitted on its first {fit_tasks} tasks ({notes})")
+    order = [*by, "trial_id", "seed", "eval_task", "n", "tasks_trained", "pred", "lo", "hi",
+             "level", "interval"]
+    return Forecast(pd.concat(task0, ignore_index=True)[order],
+                    pd.concat(final, ignore_index=True)[order], pd.DataFrame(rows), fitted)
+
+
+def _fit_window(frame, fit_tasks, family, chance, n_boot, seed):
+    """(GroupModel, "") or (None, why not)."""
+    points = ret.retention_points(_window(frame, fit_tasks), chance)
+    distinct = points.loc[points["n"] > 0, "n"].nunique() if len(points) else 0
+    if distinct < 3:
+        return None, (f"{distinct} distinct retention points in the first {fit_tasks} tasks; "
+                      f"need 3")
+    return mdl.fit_points(points, chance, family, n_boot=n_boot, seed=seed), ""
+
+
+def _model_row(model, note: str, fit_tasks: int) -> dict:
+    if model is None:
+        return {"fit_tasks": fit_tasks, "family": "", "note": note}
+    chosen = model.selection
+    return {"fit_tasks": fit_tasks, "family": model.family.name, **model.fit.natural(),
+            "rmse": model.fit.rmse, "n_seeds": model.n_seeds,
+            "selection": "; ".join(f"{r.family} {100 * r.heldout_rmse:.2f}"
+                                   for r in chosen.itertuples()) if len(chosen) else "fixed",
+            "note": model.interval_note}
