@@ -88,26 +88,25 @@ def backtest(df: pd.DataFrame, fit_tasks: int, *, trials: pd.DataFrame | None = 
         if model is None:
             rows.append({**row, "note": note})
             continue
-        n_test = fc._n_test(frame)
         out = held_out(frame, fit_tasks)
         out = out.assign(pred=mdl.predict_known(model, out) if len(out) else [])
-        out = out.join(fc.intervals(model, out, level, n_test, seed))
+        out = out.join(fc.intervals(model, out, level, seed))
         out["covered"] = _covered(out)
         mean = out.groupby(["eval_task", "n"], sort=True).agg(
             trained=("trained", "first"), measured=("measured", "mean"), pred=("pred", "mean"),
             seeds=("seed", "nunique")).join(
-            fc.intervals(model, out, level, n_test, seed, ["eval_task", "n"])).reset_index()
+            fc.intervals(model, out, level, seed, ["eval_task", "n"])).reset_index()
         mean["covered"] = _covered(mean)
         row.update(_scores(out, mean, tasks, fit_tasks))
         row.update(_family_scores(model, frame, out, fit_tasks, families, chance, tasks))
         row.update(family=model.family.name, window_rmse=model.fit.rmse,
                    window_trend=_window_trend(model),
-                   interval=model.interval_note or f"{level:.0%} seed bootstrap + binomial",
+                   interval=model.interval_note or f"{level:.0%}: {fc.METHOD}",
                    note="")
         rows.append(row)
         points.append(out.assign(**keys, family=model.family.name))
         means.append(mean.assign(**keys, family=model.family.name))
-        curves.append(_task0_curve(model, frame, fit_tasks, tasks, level, n_test, seed)
+        curves.append(_task0_curve(model, frame, fit_tasks, tasks, level, seed)
                       .assign(**keys))
     summary = pd.DataFrame(rows)
     if not points:
@@ -184,7 +183,7 @@ def _window_trend(model) -> float:
     return ret.residual_trend(p["n"], 100 * (p["accuracy"] - p["fitted"]), p["weight"])
 
 
-def _task0_curve(model, frame, fit_tasks, tasks, level, n_test, seed) -> pd.DataFrame:
+def _task0_curve(model, frame, fit_tasks, tasks, level, seed) -> pd.DataFrame:
     """Task 0's measured seed mean at every evaluation, and the forecast seed mean (with its
     interval) at every task boundary; ``fitted`` marks the window the model saw."""
     task0 = frame[frame["eval_task"] == 0]
@@ -196,7 +195,7 @@ def _task0_curve(model, frame, fit_tasks, tasks, level, n_test, seed) -> pd.Data
                         columns=["trial_id", "eval_task", "n"])
     grid = grid.assign(seed=0, pred=mdl.predict_known(model, grid) if len(grid) else [])
     forecast = grid.groupby("n", sort=True).agg(pred=("pred", "mean"))
-    forecast = forecast.join(fc.intervals(model, grid.assign(eval_task=0), level, n_test, seed,
+    forecast = forecast.join(fc.intervals(model, grid.assign(eval_task=0), level, seed,
                                           ["n"]))
     forecast = forecast.reset_index().assign(tasks_trained=lambda f: f["n"] + 1.0)
     both = measured.merge(forecast, on="tasks_trained", how="outer").sort_values("tasks_trained")

@@ -16,13 +16,20 @@ Prediction interval (level 90% by default), from draws that add, in turn:
    S seeds is about the seed-to-seed spread / √S, so one trial's curve (its own deviation plus
    the fit's error) gets f = √(S + 1) and a mean over the S seeds (its deviation /√S plus the
    fit's error) gets f = √2;
-2. the amplitudes refitted under each drawn θ (in the fit window), and for a task not yet
-   trained, its trial's mean amplitude plus the within-trial spread of amplitudes;
-3. measurement noise: one test of p on N images is binomial, s.d. √(p(1 − p)/N) (N from
-   ``n_examples``, else 1000): about 1 accuracy point at 90%.
+2. the task-to-task spread of forgetting: each (trial, task) its own log-scale deviation
+   ~ N(0, σ_u²) (``models.unit_spread``, estimated in the fit window). In a seed mean the
+   deviation of task j is one draw for all seeds: task j may be the same task in every seed
+   (task 0 of permuted MNIST is the plain image; iCIFAR's splits are fixed);
+3. the amplitudes refitted under each drawn θ, and for a task not yet trained, its trial's mean
+   amplitude plus the within-trial spread of amplitudes;
+4. the scatter σ_e of single tests around their task's curve, measured in the fit window.
+   Not the binomial s.d. of a test on N images (0.8 points at 93% on 1000): every test of a
+   task reuses the same images, so that sampling error is a fixed offset of the task, which its
+   fitted amplitude carries; repeated tests scattered by 0.2–0.5 points on the study's
+   development seeds.
 
 With fewer than three seeds there is no bootstrap and no interval ("no interval (n seeds)").
-The intervals cover model uncertainty within a family, not the error of extrapolating the wrong
+The intervals cover the uncertainty within a family, not the error of extrapolating the wrong
 family: that is what ``backtest`` measures.
 """
 from __future__ import annotations
@@ -39,7 +46,7 @@ from analysis.metrics import accuracy_matrix
 
 LEVEL = 0.9
 DRAWS_PER_BOOT = 5
-TEST_EXAMPLES = 1000   # mnist5k's test split, when the data do not say
+METHOD = "seed bootstrap of the curve + task-to-task spread + test scatter"
 
 
 class ForecastError(ValueError):
@@ -55,17 +62,11 @@ def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] == "test"] if "split" in df else df
 
 
-def _n_test(frame: pd.DataFrame) -> dict:
-    if "n_examples" not in frame:
-        return {}
-    sizes = frame.dropna(subset=["n_examples"]).groupby("trial_id")["n_examples"].median()
-    return sizes.astype(float).to_dict()
-
-
 # ---- draws -----------------------------------------------------------------------------------
-def _draws(model: mdl.GroupModel, targets: pd.DataFrame, factor: float, n_test: dict,
-           rng: np.random.Generator) -> np.ndarray:
-    """(D, P) draws of the measured accuracy at each target (trial_id, eval_task, n)."""
+def _draws(model: mdl.GroupModel, targets: pd.DataFrame, factor: float,
+           rng: np.random.Generator, shared_tasks: bool = False) -> np.ndarray:
+    """(D, P) draws of the measured accuracy at each target (trial_id, eval_task, n).
+    ``shared_tasks``: one task deviation per task index, the same in every trial."""
     fam, theta = model.family, model.fit.theta
     boot = np.repeat(model.boot, DRAWS_PER_BOOT, axis=0)
     bounds = np.array(fam.bounds)
@@ -85,10 +86,16 @@ def _draws(model: mdl.GroupModel, targets: pd.DataFrame, factor: float, n_test: 
     amp = np.where(index >= 0, b[:, np.maximum(index, 0)],
                    per_trial[:, np.maximum(target_trial, 0)]
                    + rng.normal(0.0, spread, (len(b), len(targets))))
-    value = model.chance + amp * fam.shape(targets["n"].to_numpy(float)[None, :], *cols)
-    sizes = np.array([n_test.get(t, TEST_EXAMPLES) for t in targets["trial_id"]])
-    p = np.clip(value, 0.0, 1.0)
-    value = value + rng.normal(0.0, 1.0, value.shape) * np.sqrt(p * (1 - p) / sizes)
+    # Each target's unit (trial, task) gets its own log-scale deviation: tasks forget unalike.
+    # Task j may be the same task in every seed (task 0 of permuted MNIST is the plain image;
+    # iCIFAR's splits are fixed), so a seed mean does not average its deviation away.
+    if shared_tasks:
+        codes, uniques = pd.factorize(targets["eval_task"])
+        scale = cols[0] + rng.normal(0.0, model.unit_sd, (len(b), len(uniques)))[:, codes]
+    else:
+        scale = cols[0] + rng.normal(0.0, model.unit_sd, (len(b), len(targets)))
+    value = model.chance + amp * fam.shape(targets["n"].to_numpy(float)[None, :], scale, *cols[1:])
+    value = value + rng.normal(0.0, model.jitter, value.shape)
     return np.clip(value, 0.0, 1.0)
 
 
@@ -99,8 +106,8 @@ def _amplitude_spread(units: pd.DataFrame) -> float:
     return float(np.sqrt(np.nansum(deviations ** 2) / dof)) if dof > 0 else 0.0
 
 
-def intervals(model: mdl.GroupModel, targets: pd.DataFrame, level: float, n_test: dict,
-              seed: int = 0, mean_over: list[str] | None = None) -> pd.DataFrame:
+def intervals(model: mdl.GroupModel, targets: pd.DataFrame, level: float, seed: int = 0,
+              mean_over: list[str] | None = None) -> pd.DataFrame:
     """Prediction intervals lo, hi for each target row (one trial's measurement), or, with
     ``mean_over`` (the columns that identify a seed-mean point, e.g. eval_task and n), for the
     mean over the trials listed for it. NaN without a bootstrap."""
@@ -113,7 +120,7 @@ def intervals(model: mdl.GroupModel, targets: pd.DataFrame, level: float, n_test
         rng = np.random.default_rng(seed)
         for start in range(0, len(targets), 2000):
             part = targets.iloc[start:start + 2000]
-            values = _draws(model, part, factor, n_test, rng)
+            values = _draws(model, part, factor, rng)
             out.loc[part.index, ["lo", "hi"]] = np.quantile(values, qs, axis=0).T
         return out
     keys = targets.groupby(mean_over, sort=True).size().index
@@ -121,7 +128,7 @@ def intervals(model: mdl.GroupModel, targets: pd.DataFrame, level: float, n_test
     if model.boot is None or targets.empty:
         return out
     rng = np.random.default_rng(seed)
-    values = _draws(model, targets, np.sqrt(2.0), n_test, rng)
+    values = _draws(model, targets, np.sqrt(2.0), rng, shared_tasks=True)
     codes = targets.groupby(mean_over, sort=True).ngroup().to_numpy()
     sums = np.zeros((len(values), len(keys)))
     np.add.at(sums.T, codes, values.T)
@@ -160,7 +167,6 @@ def forecast(df: pd.DataFrame, fit_tasks: int, horizon: int, *, family: str = "a
         if model is None:
             continue
         fitted[grp.label(keys)] = model
-        n_test = _n_test(frame)
         trial_ids = sorted(model.units["trial_id"].unique())
         seeds = model.units.drop_duplicates("trial_id").set_index("trial_id")["seed"]
         curve = pd.DataFrame([(t, 0, n) for t in trial_ids for n in range(horizon)],
@@ -173,15 +179,15 @@ def forecast(df: pd.DataFrame, fit_tasks: int, horizon: int, *, family: str = "a
             targets = targets.reset_index(drop=True).assign(seed=lambda t: seeds[t.trial_id].values)
             targets = targets.assign(tasks_trained=targets["n"] + targets["eval_task"] + 1,
                                      pred=mdl.predict_known(model, targets))
-            targets = targets.join(intervals(model, targets, level, n_test, seed))
+            targets = targets.join(intervals(model, targets, level, seed))
             means = targets.groupby(["eval_task", "n"], sort=True).agg(
                 tasks_trained=("tasks_trained", "first"), pred=("pred", "mean"),
                 seeds=("seed", "nunique")).join(
-                intervals(model, targets, level, n_test, seed, ["eval_task", "n"]))
+                intervals(model, targets, level, seed, ["eval_task", "n"]))
             means = means.reset_index().assign(trial_id="mean", seed=pd.NA)
             both = pd.concat([targets, means], ignore_index=True)
             sink.append(both.assign(**keys, level=level,
-                                    interval=model.interval_note or "seed bootstrap + binomial"))
+                                    interval=model.interval_note or METHOD))
     if not fitted:
         notes = "; ".join(f"{grp.label({k: r[k] for k in by})}: {r['note']}" for r in rows)
         raise ForecastError(f"no group could be fitted on its first {fit_tasks} tasks ({notes})")

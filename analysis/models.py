@@ -12,6 +12,19 @@ backtest that fits on its first m tasks also chooses on them.
 Bootstrap. Replicates resample seeds (all the trials of a seed together) with replacement and
 refit, starting from the full fit. With fewer than three seeds there are no replicates and no
 interval (``analysis.groups``).
+
+Task-to-task spread. Tasks of one trial do not forget alike: on the study's development seeds
+the decay scale of single tasks (pspBinary, 256 units) spread by a factor e^0.36 around the
+trial's, while trials differed by e^0.14. ``unit_spread`` estimates that spread, the s.d. σ_u
+of log scale between units (trial, task), and the scatter σ_e of single tests around their
+unit's curve, from the fitted residuals r by the method of moments. Linearised, a unit whose
+log scale is off by u leaves r = o·u + e, o = b·(I − P)·∂z/∂log s (P: the part its own
+amplitude absorbs). Per unit (3 points or more) û = Σ w·r·o / Σ w·o², with variance
+σ_u² + σ_e²·v_u; σ_e² is the residual variance left after û, and
+
+    σ_u² = Σ_u I_u·(û_u² − σ_e²·v_u) / Σ_u I_u,   I_u = Σ w·o²,
+
+clipped at 0.
 """
 from __future__ import annotations
 
@@ -62,6 +75,8 @@ class GroupModel:
     n_seeds: int
     chance: float
     selection: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unit_sd: float = 0.0           # σ_u: s.d. of log scale between (trial, task) units
+    jitter: float = 0.0            # σ_e: scatter of single tests around their unit's curve
 
     @property
     def interval_note(self) -> str:
@@ -151,8 +166,113 @@ def fit_points(points: pd.DataFrame, chance: float, family: str = "auto", *, n_b
     fitted = chance + fit.b[arrays.unit] * fam.shape(arrays.n, *fit.theta)
     points = points.assign(unit=arrays.unit, fitted=fitted)
     boot, boot_mean_b = bootstrap(arrays, units, fam, fit.theta, n_boot, seed)
+    unit_sd, jitter = unit_spread(fam, fit, arrays)
     return GroupModel(fam, fit, points, units, arrays, boot, boot_mean_b, grp.n_seeds(points),
-                      chance, selection)
+                      chance, selection, unit_sd, jitter)
+
+
+def unit_spread(fam: ret.Family, fit: ret.Fit, a: Arrays) -> tuple[float, float]:
+    """(σ_u, σ_e): the s.d. of log scale between units and the scatter of single tests around
+    their unit's curve (see the module docstring)."""
+    step = 1e-4
+    up, down = fit.theta.copy(), fit.theta.copy()
+    up[0] += step
+    down[0] -= step
+    g = fam.shape(a.n, *fit.theta)
+    b = np.nan_to_num(fit.b)
+    gg = np.bincount(a.unit, a.w * g * g, minlength=a.m)
+    # o: how a unit's fitted curve moves with its log scale, less what its amplitude absorbs.
+    o = b[a.unit] * (fam.shape(a.n, *up) - fam.shape(a.n, *down)) / (2 * step)
+    along = np.divide(np.bincount(a.unit, a.w * g * o, minlength=a.m), gg, out=np.zeros(a.m),
+                      where=gg > 0)
+    o = o - along[a.unit] * g
+    r = a.y - b[a.unit] * g
+    info = np.bincount(a.unit, a.w * o * o, minlength=a.m)
+    counts = np.bincount(a.unit, minlength=a.m)
+    usable = (counts >= 3) & (info > 1e-12)
+    if not usable.any():
+        return 0.0, float(np.sqrt(np.sum(a.w * r * r) / max(a.w.sum(), 1e-12)))
+    u_hat = np.divide(np.bincount(a.unit, a.w * r * o, minlength=a.m), info,
+                      out=np.zeros(a.m), where=usable)
+    rest = r - u_hat[a.unit] * o
+    keep = usable[a.unit]
+    dof = np.bincount(a.unit, a.w, minlength=a.m) * np.maximum(1 - 2 / np.maximum(counts, 1), 0)
+    jitter2 = np.sum((a.w * rest * rest)[keep]) / max(dof[usable].sum(), 1e-12)
+    spread = np.divide(np.bincount(a.unit, a.w * a.w * o * o, minlength=a.m), info * info,
+                       out=np.zeros(a.m), where=usable)          # Var(û_u) / σ_e²
+    q = info[usable]
+    sigma_u2 = np.sum(q * (u_hat[usable] ** 2 - jitter2 * spread[usable])) / q.sum()
+    return float(np.sqrt(max(sigma_u2, 0.0))), float(np.sqrt(jitter2))
+
+
+def select_family(points: pd.DataFrame, chance: float,
+                  families=DEFAULT_FAMILIES) -> pd.DataFrame:
+    """Held-out rms error (accuracy units) of each family at a rolling origin (see the module
+    docstring): columns family, heldout_rmse, n_heldout, origin, chosen. When the data are too
+    short to hold anything out, every error is NaN and the theory's curve is chosen."""
+    m = float(points["tasks_trained"].max()) if len(points) else 0.0
+    origin = int(np.floor(SELECTION_ORIGIN * m))
+    fit_part = points[points["tasks_trained"] <= origin]
+    later = points[(points["tasks_trained"] > origin) & (points["eval_task"] < origin)]
+    rows = []
+    usable = (origin >= 2 and fit_part.loc[fit_part["n"] > 0, "n"].nunique() >= 3
+              and len(later))
+    for name in families:
+        error = float("nan")
+        if usable:
+            model = fit_points(fit_part, chance, name)
+            predicted = predict_known(model, later)
+            w = later["weight"].to_numpy(float)
+            error = float(np.sqrt(np.sum(w * (later["accuracy"].to_numpy() - predicted) ** 2)
+                                  / w.sum()))
+        rows.append({"family": name, "heldout_rmse": error, "n_heldout": len(later),
+                     "origin": origin})
+    table = pd.DataFrame(rows)
+    best = (table["family"].iloc[int(np.nanargmin(table["heldout_rmse"]))] if usable
+            else FALLBACK if FALLBACK in families else families[0])
+    return table.assign(chosen=table["family"] == best)
+
+
+def fit_points(points: pd.DataFrame, chance: float, family: str = "auto", *, n_boot: int = 0,
+               seed: int = 0, families=DEFAULT_FAMILIES) -> GroupModel:
+    """The group model of ``points`` (``retention.retention_points`` of one group's data):
+    ``family`` "auto" chooses by ``select_family``."""
+    selection = pd.DataFrame()
+    if family == "auto":
+        selection = select_family(points, chance, families)
+        family = str(selection.loc[selection["chosen"], "family"].iloc[0])
+    fam = ret.family(family)
+    arrays, units = arrays_of(points, chance)
+    fit = ret.fit_curve(arrays.n, arrays.y, arrays.unit, arrays.w, fam)
+    units = units.assign(b=fit.b)
+    fitted = chance + fit.b[arrays.unit] * fam.shape(arrays.n, *fit.theta)
+    points = points.assign(unit=arrays.unit, fitted=fitted)
+    boot, boot_mean_b = bootstrap(arrays, units, fam, fit.theta, n_boot, seed)
+    unit_sd, jitter = unit_spread(fam, fit, arrays)
+    return GroupModel(fam, fit, points, units, arrays, boot, boot_mean_b, grp.n_seeds(points),
+                      chance, selection, unit_sd, jitter)
+
+
+def unit_scale_sd(fam: ret.Family, fit: ret.Fit, a: Arrays, chance: float,
+                  sizes: np.ndarray) -> float:
+    """σ_u, the s.d. of log scale between units (see the module docstring)."""
+    step = 1e-4
+    up, down = fit.theta.copy(), fit.theta.copy()
+    up[0] += step
+    down[0] -= step
+    g = fam.shape(a.n, *fit.theta)
+    dg = (fam.shape(a.n, *up) - fam.shape(a.n, *down)) / (2 * step)
+    b = np.nan_to_num(fit.b)[a.unit]
+    gg = np.bincount(a.unit, a.w * g * g, minlength=a.m)
+    coef = np.divide(np.bincount(a.unit, a.w * g * dg, minlength=a.m), gg,
+                     out=np.zeros(a.m), where=gg > 0)
+    orthogonal = dg - coef[a.unit] * g
+    leverage = np.divide(a.w * g * g, gg[a.unit], out=np.zeros(len(g)), where=gg[a.unit] > 0)
+    p = np.clip(chance + b * g, 0.0, 1.0)
+    residual = a.y - b * g
+    numerator = np.sum(a.w * (residual ** 2 - p * (1 - p) / sizes * (1 - leverage)))
+    denominator = np.sum(a.w * (b * orthogonal) ** 2)
+    return float(np.sqrt(max(numerator, 0.0) / denominator)) if denominator > 0 else 0.0
 
 
 def predict_known(model: GroupModel, targets: pd.DataFrame) -> np.ndarray:

@@ -10,15 +10,16 @@ from matplotlib.figure import Figure
 
 from analysis import groups as grp
 from analysis import figure_kit as kit
+from analysis import forecast as fc
 
 MAX_PANELS = 12
 
 
 def _title(fig: Figure, title: str, result) -> None:
-    seeds = result.summary["n_seeds"]
-    fig.suptitle(f"{title}\nfit on the first {result.fit_tasks} tasks · seeds per group: "
-                 f"{int(seeds.min())}–{int(seeds.max())} · {result.level:.0%} prediction "
-                 f"intervals: seed bootstrap + binomial test noise (none under 3 seeds)",
+    lo, hi = int(result.summary["n_seeds"].min()), int(result.summary["n_seeds"].max())
+    seeds = str(lo) if lo == hi else f"{lo}–{hi}"
+    fig.suptitle(f"{title}\nfit on the first {result.fit_tasks} tasks · seeds per group: {seeds}"
+                 f"\n{result.level:.0%} prediction intervals: {fc.METHOD} (none under 3 seeds)",
                  fontsize=10)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import groups as grp
+from analysis.forecast import METHOD
 
 
 def num(value, digits: int = 3) -> str:
@@ -113,8 +114,7 @@ def backtest_text(result) -> str:
         f"error: forecast − measured seed mean of task 0 after the last task, accuracy points; "
         f"per trial |err|: mean over trials of |forecast − measured| for that entry; "
         f"held-out |err| and coverage: every held-out entry of every trial, against its "
-        f"{level} prediction interval (seed bootstrap of the curve + binomial test noise; "
-        f"none with fewer than 3 seeds); final row: R[T−1, ·] only; seed means: the mean "
+        f"{level} prediction interval ({METHOD}; none with fewer than 3 seeds); final row: R[T−1, ·] only; seed means: the mean "
         f"over seeds of each entry against its interval; best curve: the family with the "
         f"lowest rms error on the held-out entries of tasks seen in the fit window.",
     ]

@@ -133,9 +133,9 @@ class Fit:
 
 
 def amplitudes(g: np.ndarray, y: np.ndarray, unit: np.ndarray, w: np.ndarray,
-               m: int) -> np.ndarray:
-    """b_u = Σ w·g·y / Σ w·g² per unit (NaN for a unit without points). ``g`` may carry a
-    leading axis of draws: (D, N) → (D, m)."""
+               m: int, fill: float = np.nan) -> np.ndarray:
+    """b_u = Σ w·g·y / Σ w·g² per unit (``fill`` for a unit without points or whose curve
+    has vanished). ``g`` may carry a leading axis of draws: (D, N) → (D, m)."""
     if g.ndim == 1:
         num = np.bincount(unit, w * g * y, minlength=m)
         den = np.bincount(unit, w * g * g, minlength=m)
@@ -144,7 +144,7 @@ def amplitudes(g: np.ndarray, y: np.ndarray, unit: np.ndarray, w: np.ndarray,
         index = (np.arange(d)[:, None] * m + unit[None, :]).ravel()
         num = np.bincount(index, (w * g * y).ravel(), minlength=d * m).reshape(d, m)
         den = np.bincount(index, (w * g * g).ravel(), minlength=d * m).reshape(d, m)
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+    return np.divide(num, den, out=np.full(num.shape, fill), where=den > 0)
 
 
 def fit_curve(n, excess, unit, weight, fam: Family, start=None) -> Fit:
@@ -161,9 +161,8 @@ def fit_curve(n, excess, unit, weight, fam: Family, start=None) -> Fit:
 
     def sse(theta) -> float:
         g = fam.shape(n, *theta)
-        b = amplitudes(g, y, unit, w, m)
-        r = y - np.nan_to_num(b)[unit] * g
-        return float(np.sum(w * r * r))
+        r = y - amplitudes(g, y, unit, w, m, fill=0.0)[unit] * g
+        return float(np.dot(w, r * r))
 
     bounds = np.array(fam.bounds, dtype=float)
     if start is None:
@@ -193,9 +192,10 @@ def _refine(sse, theta0: np.ndarray, step: np.ndarray, bounds: np.ndarray) -> np
         simplex = np.vstack([theta0] + [theta0 + np.eye(len(theta0))[i] * step[i] * 0.5
                                         for i in range(len(theta0))])
         simplex = np.clip(simplex, bounds[:, 0], bounds[:, 1])
+        # Stop at 0.1% in κ and γ, or when the SSE stops moving in its 7th digit.
         result = optimize.minimize(sse, theta0, method="Nelder-Mead", bounds=bounds,
-                                   options={"initial_simplex": simplex, "xatol": 1e-4,
-                                            "fatol": 1e-10, "maxiter": 400})
+                                   options={"initial_simplex": simplex, "xatol": 1e-3,
+                                            "fatol": 1e-7 * sse(theta0), "maxiter": 400})
         best = np.asarray(result.x)
     return best if sse(best) <= sse(theta0) else theta0
 

@@ -93,11 +93,15 @@ def kaplan_meier(time, event) -> pd.DataFrame:
 def km_median(time, event) -> float:
     """min {t : S(t) ≤ 1/2}; inf when S stays above 1/2 (censored), NaN with no units."""
     time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=bool)
     if not len(time):
         return float("nan")
-    curve = kaplan_meier(time, event)
-    hit = curve[curve["S"] <= 0.5 + 1e-12]
-    return float(hit["t"].iloc[0]) if len(hit) else float("inf")
+    # kaplan_meier's product in arrays: the bootstrap calls this hundreds of times.
+    ts = np.unique(time[event])
+    at_risk = len(time) - np.searchsorted(np.sort(time), ts, side="left")
+    events = np.bincount(np.searchsorted(ts, time[event]), minlength=len(ts))
+    hit = np.flatnonzero(np.cumprod(1.0 - events / at_risk) <= 0.5 + 1e-12)
+    return float(ts[hit[0]]) if len(hit) else float("inf")
 
 
 def survival_capacity(df: pd.DataFrame, threshold: float, *, chance: float = CHANCE,
@@ -124,12 +128,14 @@ def survival_capacity(df: pd.DataFrame, threshold: float, *, chance: float = CHA
     out["K_hat_status"] = "censored" if np.isinf(k_hat) else "observed"
     if seeds < grp.MIN_SEEDS:
         return out
-    by_seed = [g for _, g in times.groupby("seed", sort=True)]
+    by_seed = [(g["time"].to_numpy(float), g["event"].to_numpy(bool))
+               for _, g in times.groupby("seed", sort=True)]
     rng = np.random.default_rng(seed)
     draws = np.empty(n_boot)
     for b in range(n_boot):
-        picked = pd.concat([by_seed[i] for i in rng.integers(0, len(by_seed), len(by_seed))])
-        draws[b] = km_median(picked["time"], picked["event"])
+        picked = [by_seed[i] for i in rng.integers(0, len(by_seed), len(by_seed))]
+        draws[b] = km_median(np.concatenate([p[0] for p in picked]),
+                             np.concatenate([p[1] for p in picked]))
     out["K_hat_lo"], out["K_hat_hi"] = grp.percentile_interval(draws, ci)
     return out
 

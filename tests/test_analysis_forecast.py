@@ -76,7 +76,7 @@ def test_forecast_of_task0_after_all_tasks(case):
     truth = truth_after(shape, TASKS - 1)
     assert mean.pred == pytest.approx(truth, abs=0.02)       # 18 tasks beyond the fit window
     assert mean.lo <= truth <= mean.hi and mean.hi - mean.lo < 0.1
-    assert mean.interval == "seed bootstrap + binomial" and mean.level == 0.9
+    assert mean.interval == fc.METHOD and mean.level == 0.9
     # Each trial's forecast, and the final row R[T−1, j] for every task, tasks never trained
     # in the window included.
     final = f.final_row[f.final_row.trial_id == "mean"].set_index("eval_task")
