@@ -251,7 +251,15 @@ def capacity_table(df: pd.DataFrame, *, by: Sequence[str] | None = None,
             draws = pd.DataFrame(columns=["b", "scale", "K_star"])
         rows.append({**keys, **result})
         all_draws.append(draws.assign(**keys))
+    for keys, group in grp.unmeasured(trials, by, tests):  # counted, not dropped
+        diverged = int((group["status"] == "diverged").sum()) if "status" in group else 0
+        rows.append({**keys, "status": "insufficient", "extrapolated": False,
+                     "threshold": threshold, "chance": chance, "n_trials": len(group),
+                     "n_seeds": grp.n_seeds(group), "n_diverged": diverged,
+                     "note": f"no test measurements ({diverged} of {len(group)} trials "
+                             f"diverged before any)"})
     table = pd.DataFrame(rows, columns=[*by, *RESULT_COLUMNS])
+    table = table.sort_values(by, kind="stable").reset_index(drop=True)
     if not return_draws:
         return table
     draws = (pd.concat(all_draws, ignore_index=True) if all_draws

@@ -54,25 +54,48 @@ def with_config_parameters(df: pd.DataFrame, trials: pd.DataFrame | None) -> pd.
     return df.join(extra, on="trial_id") if len(extra.columns) else df
 
 
-def group_columns(frame: pd.DataFrame, extra: Sequence[str] = ()) -> list[str]:
+def group_columns(frame: pd.DataFrame, extra: Sequence[str] = (),
+                  also: pd.DataFrame | None = None) -> list[str]:
     """psp and units, then every other parameter column of ``frame`` (schema columns, then the
     ``extra`` names, e.g. config-only fields) whose value differs between trials (a null is a
-    value of its own), in that order; seed never."""
+    value of its own), in that order; seed never. ``also``: more trials (a trials table) whose
+    values count too, for the columns it has."""
     keys = []
     for name in dict.fromkeys([*ALWAYS, *PARAM_FIELDS, *extra]):
         if name in NOT_A_GROUP or name not in frame:
             continue
-        if name in ALWAYS or frame[name].nunique(dropna=False) > 1:
+        values = frame[name]
+        if also is not None and name in also:
+            values = pd.concat([values, also[name]], ignore_index=True)
+        if name in ALWAYS or values.nunique(dropna=False) > 1:
             keys.append(name)
     return keys
 
 
 def grouped(df: pd.DataFrame, trials: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
     """(``df`` with config-only parameters joined on, its group columns): what every table and
-    figure groups by."""
+    figure groups by. With ``trials``, a parameter varies if it varies among the trials, so a
+    trial that left no measurement (diverged at its first step) still forms its group."""
     extra = list(config_parameters(trials).columns) if trials is not None else []
     df = with_config_parameters(df, trials)
-    return df, group_columns(df, extra)
+    if trials is None or trials.empty:
+        return df, group_columns(df, extra)
+    return df, group_columns(df, extra, also=with_config_parameters(trials, trials))
+
+
+def unmeasured(trials: pd.DataFrame | None, by: Sequence[str],
+               measured: pd.DataFrame) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """(keys, trials) of the groups whose trials left no row in ``measured``."""
+    if trials is None or trials.empty:
+        return
+    missing = trials[~trials["trial_id"].isin(measured["trial_id"].unique())]
+    missing = with_config_parameters(missing, trials)
+    if missing.empty or not set(by) <= set(missing.columns):
+        return
+    present = {tuple(k.values()) for k, _ in groups(measured.drop_duplicates("trial_id"), by)}
+    for keys, rows in groups(missing, by):
+        if tuple(keys.values()) not in present:
+            yield keys, rows
 
 
 def groups(frame: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[dict, pd.DataFrame]]:

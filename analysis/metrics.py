@@ -150,7 +150,8 @@ def summarize(df: pd.DataFrame, k: int = 10, trials: pd.DataFrame | None = None)
     """One row per trial: its parameters and acc (ACC), acc_last10 (ACC over the last k tasks),
     bwt (BWT), forgetting (mean f_j), task0_final (R[T−1, 0]), tasks_done (rows of R measured)
     and status — from ``trials`` when given (completed, diverged, running, …), else
-    "incomplete" for a trial with fewer rows of R than tasks and null otherwise."""
+    "incomplete" for a trial with fewer rows of R than tasks and null otherwise. A trial of
+    ``trials`` without a test row (diverged at once) gets a row of NaN metrics."""
     tests = _test_rows(df)
     status = dict(zip(trials["trial_id"], trials["status"])) if trials is not None else {}
     rows = []
@@ -169,6 +170,12 @@ def summarize(df: pd.DataFrame, k: int = 10, trials: pd.DataFrame | None = None)
             task0_final=float(R.iloc[-1, 0]) if len(R) else float("nan"),
         )
         rows.append(row)
+    if trials is not None:  # a trial that diverged before its first test is still a trial
+        seen = set(tests["trial_id"].unique())
+        for trial in trials[~trials["trial_id"].isin(seen)].to_dict("records"):
+            rows.append({**{c: trial.get(c) for c in TRIAL_KEYS if c in trials},
+                         "tasks_done": 0, "status": trial.get("status"),
+                         **{m: float("nan") for m in METRICS}})
     columns = [c for c in TRIAL_KEYS if c in tests] + ["tasks_done", "status", *METRICS]
     return pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
 
