@@ -144,3 +144,15 @@ def test_width_scaling_needs_two_widths():
                           "status": ["interpolated"], "extrapolated": [False]})
     row = scaling.width_scaling(table, by=["psp"]).iloc[0]
     assert math.isnan(row.alpha) and "2 or more widths" in row.note
+
+
+def test_alpha_interval_needs_three_widths_and_tests_one(synthetic):
+    _, table, draws = synthetic
+    table = table.reset_index()
+    two = scaling.width_scaling(table[table.units <= 128], draws).iloc[0]
+    assert two.n_widths == 2 and np.isnan(two.alpha_lo) and np.isnan(two.alpha_p1)
+    assert two.alpha_vs_theory == "not tested (2 widths)" and "no interval" in two.note
+    three = scaling.width_scaling(table[table.units <= 256], draws).iloc[0]
+    assert three.n_widths == 3 and three.alpha_lo <= ALPHA <= three.alpha_hi
+    # The simulation's α is 0.9: with six seeds and little noise, 1 is rejected.
+    assert three.alpha_p1 < 0.05 and three.alpha_vs_theory.startswith("α = 1 outside")

@@ -126,3 +126,14 @@ def test_bad_splits_are_refused():
         bt.backtest(df, TASKS)
     with pytest.raises(fc.ForecastError, match="need at least 2 tasks"):
         fc.forecast(df, fit_tasks=1, horizon=TASKS)
+
+
+def test_the_forecast_sees_only_its_window():
+    """Whatever was measured after task 12 cannot change a forecast fitted on tasks 0–11."""
+    df = simulate(exponential, seeds=range(3))
+    later = df.step > FIT * SPT
+    spoiled = df.assign(accuracy=np.where(later, 0.5, df.accuracy))
+    a = fc.forecast(df, fit_tasks=FIT, horizon=TASKS, n_boot=20)
+    b = fc.forecast(spoiled, fit_tasks=FIT, horizon=TASKS, n_boot=20)
+    pd.testing.assert_frame_equal(a.task0, b.task0)
+    pd.testing.assert_frame_equal(a.final_row, b.final_row)
