@@ -23,14 +23,17 @@ def exponential(n):       # z = exp(−n/15)
     return np.exp(-n / 15.0)
 
 
-def simulate(shape, seeds=range(5), noise=0.004, peak=0.92, seed=0) -> pd.DataFrame:
+def simulate(shape, seeds=range(5), noise=0.004, peak=0.92, seed=0,
+             task_sd=0.0) -> pd.DataFrame:
     """Test rows as the training loop records them: task 0 and the task in training every
     EVERY steps, every task seen at each boundary. Task j's accuracy n tasks after it was
-    trained is c + (A_j − c)·shape(n), A_j ~ N(peak, 0.01); while training it rises linearly."""
+    trained is c + (A_j − c)·shape(n·e^(−u_j)), A_j ~ N(peak, 0.01), u_j ~ N(0, task_sd) (each
+    task forgets at its own pace); while training it rises linearly."""
     rng = np.random.default_rng(seed)
     rows = []
     for s in seeds:
         peaks = rng.normal(peak, 0.01, TASKS)
+        pace = np.exp(-rng.normal(0.0, task_sd, TASKS))
         for step in range(1, TASKS * SPT + 1):
             task = (step - 1) // SPT
             due = ({0, task} if step % EVERY == 0 else set()) | (
@@ -38,7 +41,7 @@ def simulate(shape, seeds=range(5), noise=0.004, peak=0.92, seed=0) -> pd.DataFr
             for j in sorted(due):
                 n = step / SPT - (j + 1)
                 level = (CHANCE + (peaks[j] - CHANCE) * (1 + n) if n < 0
-                         else CHANCE + (peaks[j] - CHANCE) * shape(n))
+                         else CHANCE + (peaks[j] - CHANCE) * shape(n * pace[j]))
                 rows.append({"trial_id": f"t{s}", "seed": s, "psp": "binary", "units": 64,
                              "tasks": TASKS, "steps_per_task": SPT, "eval_every": EVERY,
                              "step": step, "split": "test", "eval_task": j,
@@ -137,3 +140,13 @@ def test_the_forecast_sees_only_its_window():
     b = fc.forecast(spoiled, fit_tasks=FIT, horizon=TASKS, n_boot=20)
     pd.testing.assert_frame_equal(a.task0, b.task0)
     pd.testing.assert_frame_equal(a.final_row, b.final_row)
+
+
+def test_intervals_cover_tasks_that_forget_unalike():
+    """Each task its own decay pace (log-normal, s.d. 0.4, as on the study's development
+    seeds): the intervals must widen for it, not only for seed and test noise."""
+    df = simulate(power_15, task_sd=0.4, seed=3)
+    result = bt.backtest(df, FIT, n_boot=60)
+    row = result.summary.iloc[0]
+    assert 0.8 <= row.points_coverage <= 0.98, row.points_coverage
+    assert 0.85 <= row.means_coverage <= 1.0, row.means_coverage
