@@ -106,6 +106,18 @@ def groups(frame: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[dict, pd.Da
         yield dict(zip(by, key)), rows
 
 
+def matching(frame: pd.DataFrame, keys: dict) -> pd.DataFrame:
+    """The rows of ``frame`` whose columns equal ``keys`` (null matching null); a key that is
+    not a column of ``frame`` is ignored."""
+    mask = np.ones(len(frame), dtype=bool)
+    for k, v in keys.items():
+        if k in frame:
+            column = frame[k]
+            mask &= (column.isna().to_numpy() if pd.isna(v)
+                     else (column == v).fillna(False).to_numpy(dtype=bool))
+    return frame[mask]
+
+
 def label(keys: dict) -> str:
     """"psp=binary, units=64, heads=multi": how a group is named in messages and tables."""
     return ", ".join(f"{k}={_plain(v)}" for k, v in keys.items())

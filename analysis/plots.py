@@ -185,12 +185,7 @@ def fig_retention_fit(data: Analysis) -> Figure:
 
 
 def _capacity_row(data: Analysis, keys: dict):
-    table = data.capacity
-    mask = np.ones(len(table), dtype=bool)
-    for k, v in keys.items():
-        if k in table:
-            mask &= (table[k] == v).to_numpy() | (table[k].isna().to_numpy() & pd.isna(v))
-    rows = table[mask]
+    rows = grp.matching(data.capacity, keys)
     return rows.iloc[0] if len(rows) else None
 
 
@@ -247,13 +242,7 @@ def fig_capacity_scaling(data: Analysis) -> Figure:
 
 
 def _scaling_row(scaling: pd.DataFrame, keys: dict):
-    if scaling.empty:
-        return None
-    mask = np.ones(len(scaling), dtype=bool)
-    for k, v in keys.items():
-        if k in scaling:
-            mask &= (scaling[k] == v).to_numpy() | (scaling[k].isna().to_numpy() & pd.isna(v))
-    rows = scaling[mask]
+    rows = grp.matching(scaling, keys) if len(scaling) else scaling
     return rows.iloc[0] if len(rows) else None
 
 

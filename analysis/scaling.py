@@ -80,9 +80,7 @@ def _one(group: pd.DataFrame, draws: pd.DataFrame | None, values: dict, ci: floa
                    & np.isfinite(group["K_star"].astype(float)) & (group["K_star"] > 0)]
     mine = None
     if draws is not None and len(draws):
-        mine = draws
-        for key, value in values.items():
-            mine = mine[(mine[key] == value) | (mine[key].isna() & pd.isna(value))]
+        mine = grp.matching(draws, values)
         mine = mine[mine["units"].isin(finite["units"])]
     has_draws = mine is not None and mine["K_star"].notna().any()
     usable = finite if has_draws else finite[finite["status"] == "interpolated"]
