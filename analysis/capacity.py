@@ -10,11 +10,12 @@ linear in width (α = 1).
 What is estimated. The theory's γ is a prior, not a fact of the data: each group (every
 trial parameter that varies, ``analysis.groups``) is fitted with the curve family that
 forecasts its own later measurements best (``analysis.models``: the interference law with free
-γ, with γ = 1/2, or an exponential), weighted so that task 0's dense curve counts as one task
-(``analysis.retention``). A task stays usable while a(n) ≥ θ·A (θ = 0.9 by default), i.e.
+γ, with γ = 1/2, an exponential or a Weibull), weighted so that task 0's dense curve counts as
+one task (``analysis.retention``). A task stays usable while a(n) ≥ θ·A (θ = 0.9 by default), i.e.
 while z(n) ≥ z* = (θ·Ā − c)/(Ā − c), Ā the mean fitted just-trained accuracy, so
 
-    K* = z⁻¹(z*):   κ·(z*^(−1/γ) − 1) for the power laws,   −τ·ln z* for the exponential.
+    K* = z⁻¹(z*):   κ·(z*^(−1/γ) − 1) for the power laws,   −τ·ln z* for the exponential,
+                    τ·(−ln z*)^(1/β) for the Weibull.
 
 K* beyond the tasks measured is an extrapolation and says so (``status``). Beside it stands
 K̂, read off the accuracy matrix without a model (``analysis.survival``), and whether the two

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-FAMILY_CHOICES = ("auto", "power", "power_half", "exp")
+FAMILY_CHOICES = ("auto", "power", "power_half", "exp", "weibull")
 
 
 def register(subparsers) -> None:
@@ -124,10 +124,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from analysis.cli import _is_user_error
 
     try:
+        tests, trials = load_for_backtest(args.store, args.where, args.fit_tasks)
+        # scipy and the models only now: a bad split or --where is answered without them.
         from analysis.backtest import backtest
         from analysis.report_text import backtest_text
 
-        tests, trials = load_for_backtest(args.store, args.where, args.fit_tasks)
         result = backtest(tests, args.fit_tasks, trials=trials, family=args.family,
                           level=args.level, n_boot=args.n_boot)
         print(backtest_text(result))

@@ -6,7 +6,11 @@ the few tasks a sweep runs and then extrapolate very differently, so in-sample f
 choose between them. ``select_family`` uses a rolling origin inside the data it is given:
 fit each family on the measurements taken while the first o tasks trained (o = ⌊m/2⌋ of the m
 tasks available), forecast the measurements of those same tasks taken after, and keep the family
-with the lowest weighted rms forecast error. Only data the caller may use are touched, so a
+with the lowest weighted rms forecast error — unless a family with fewer parameters is not
+worse by more than twice the standard error of the difference (paired over tasks): then the
+simplest such, the theory's γ = 1/2 first. The theory is the prior, left only when the data
+say so (and not on fewer than MIN_UNITS held-out tasks); a flat curve, which every family
+fits, keeps it. Only data the caller may use are touched, so a
 backtest that fits on its first m tasks also chooses on them.
 
 Bootstrap. Replicates resample seeds (all the trials of a seed together) with replacement and
@@ -36,9 +40,10 @@ import pandas as pd
 from analysis import groups as grp
 from analysis import retention as ret
 
-DEFAULT_FAMILIES = ("power", "power_half", "exp")
+DEFAULT_FAMILIES = ("power_half", "power", "exp", "weibull")   # the theory first
 FALLBACK = "power_half"    # the theory's curve, when the data cannot choose
 SELECTION_ORIGIN = 0.5     # fraction of the available tasks the selection fits on
+MIN_UNITS = 8              # (trial, task) units held out before the data may overrule the prior
 
 
 @dataclass
@@ -132,23 +137,39 @@ def select_family(points: pd.DataFrame, chance: float,
     origin = int(np.floor(SELECTION_ORIGIN * m))
     fit_part = points[points["tasks_trained"] <= origin]
     later = points[(points["tasks_trained"] > origin) & (points["eval_task"] < origin)]
-    rows = []
-    usable = (origin >= 2 and fit_part.loc[fit_part["n"] > 0, "n"].nunique() >= 3
-              and len(later))
+    usable = bool(origin >= 2 and fit_part.loc[fit_part["n"] > 0, "n"].nunique() >= 3
+                  and len(later))
+    losses = {}
     for name in families:
-        error = float("nan")
         if usable:
-            model = fit_points(fit_part, chance, name)
-            predicted = predict_known(model, later)
-            w = later["weight"].to_numpy(float)
-            error = float(np.sqrt(np.sum(w * (later["accuracy"].to_numpy() - predicted) ** 2)
-                                  / w.sum()))
-        rows.append({"family": name, "heldout_rmse": error, "n_heldout": len(later),
-                     "origin": origin})
-    table = pd.DataFrame(rows)
-    best = (table["family"].iloc[int(np.nanargmin(table["heldout_rmse"]))] if usable
-            else FALLBACK if FALLBACK in families else families[0])
+            predicted = predict_known(fit_points(fit_part, chance, name), later)
+            losses[name] = (later["accuracy"].to_numpy() - predicted) ** 2
+    w = later["weight"].to_numpy(float)
+    table = pd.DataFrame({"family": list(families), "n_heldout": len(later), "origin": origin,
+                          "heldout_rmse": [float(np.sqrt(np.sum(w * losses[f]) / w.sum()))
+                                           if usable else np.nan for f in families]})
+    best = _simplest_not_worse(losses, later, w) if usable else (
+        FALLBACK if FALLBACK in families else families[0])
     return table.assign(chosen=table["family"] == best)
+
+
+def _simplest_not_worse(losses: dict, later: pd.DataFrame, w: np.ndarray) -> str:
+    """The family with the fewest parameters (the theory's first) whose held-out loss is not
+    worse than the best's by more than twice its standard error, paired over units (trial,
+    task): tests of one task are not independent, so units are the replicates."""
+    unit = later.groupby(["trial_id", "eval_task"], sort=False).ngroup().to_numpy()
+    if unit.max() + 1 < MIN_UNITS:   # too few tasks held out to leave the prior
+        return min(losses, key=lambda f: len(ret.family(f).params))
+    weight = np.bincount(unit, w)
+    per_unit = {f: np.bincount(unit, w * loss) / weight for f, loss in losses.items()}
+    best = min(losses, key=lambda f: per_unit[f].mean())
+    order = sorted(losses, key=lambda f: len(ret.family(f).params))   # stable: theory first
+    for name in order:
+        d = per_unit[name] - per_unit[best]
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        if d.mean() <= 2 * se:
+            return name
+    return best
 
 
 def fit_points(points: pd.DataFrame, chance: float, family: str = "auto", *, n_boot: int = 0,

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import groups as grp
+from analysis.backtest import APPLIES_HELDOUT
 from analysis.forecast import METHOD
 
 
@@ -102,6 +103,7 @@ def backtest_text(result) -> str:
             "coverage": pct(r["points_coverage"]) + f" of {r['n_points']}",
             "final row": pct(r["final_coverage"]),
             "seed means": pct(r["means_coverage"]),
+            "applies": "yes" if r["applies"] else "no",
             "best curve": r["best_family"],
         })
     table = pd.DataFrame(rows).fillna("")
@@ -115,15 +117,20 @@ def backtest_text(result) -> str:
         f"per trial |err|: mean over trials of |forecast − measured| for that entry; "
         f"held-out |err| and coverage: every held-out entry of every trial, against its "
         f"{level} prediction interval ({METHOD}; none with fewer than 3 seeds); final row: R[T−1, ·] only; seed means: the mean "
-        f"over seeds of each entry against its interval; best curve: the family with the "
-        f"lowest rms error on the held-out entries of tasks seen in the fit window.",
+        f"over seeds of each entry against its interval; applies: the model's own forecast "
+        f"inside the fit window (first half → second half) within {APPLIES_HELDOUT:g} points "
+        f"rms; best curve: "
+        f"the family with the lowest rms error on the held-out entries of tasks seen in the "
+        f"fit window.",
     ]
     fitted = s[s["note"].fillna("") == ""] if "note" in s else s
     if len(fitted) and fitted["points_coverage"].notna().any():
         covered = (fitted["points_coverage"] * fitted["n_points"]).sum()
         total = fitted.loc[fitted["points_coverage"].notna(), "n_points"].sum()
         within = (fitted["task0_err"].abs() <= 2).sum()
+        applies = fitted[fitted["applies"].astype(bool)]
         lines.append(f"over all groups: {level} intervals covered {covered / total:.0%} of "
                      f"{int(total)} held-out entries; task-0 seed-mean forecast within 2 points "
-                     f"in {within} of {len(fitted)} groups")
+                     f"in {within} of {len(fitted)} groups ({(applies['task0_err'].abs() <= 2).sum()}"
+                     f" of the {len(applies)} where the model claims to apply)")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from scipy import stats
 from analysis import groups as grp
 from analysis import plots
 from analysis import report_text as txt
-from analysis.backtest import backtest
+from analysis.backtest import APPLIES_HELDOUT, backtest
 from analysis.figure_kit import analyse
 from analysis.forecast import METHOD, ForecastError
 from analysis.plots_forecast import coverage_by_n, write_backtest
@@ -134,13 +134,13 @@ def _scaling_section(data) -> list[str]:
 def _backtest_table(result) -> list[str]:
     lines = [f"| group | seeds | curve | task 0 after T: measured | forecast [{result.level:.0%}] "
              f"| error | per-trial \\|err\\| | held-out \\|err\\| | coverage | final-row coverage "
-             f"| target met | best curve (rms by family) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| model applies (window rms) | target met | best curve (rms by family) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fams = [c.removeprefix("rmse_") for c in result.summary.columns if c.startswith("rmse_")]
     for r in result.summary.to_dict("records"):
         label = grp.label({k: r[k] for k in result.by})
         if r.get("note"):
-            lines.append(f"| {label} | {r['n_seeds']} | {r['note']} |" + " |" * 9)
+            lines.append(f"| {label} | {r['n_seeds']} | {r['note']} |" + " |" * 10)
             continue
         why = r["interval"] if str(r["interval"]).startswith("no interval") else ""
         lines.append(
@@ -149,7 +149,8 @@ def _backtest_table(result) -> list[str]:
             f"{txt.interval(100 * r['task0_lo'], 100 * r['task0_hi'], why)} | "
             f"{txt.pts(r['task0_err'])} | {r['task0_trial_mae']:.1f} | {r['points_mae']:.1f} | "
             f"{txt.pct(r['points_coverage'])} of {r['n_points']} | {txt.pct(r['final_coverage'])}"
-            f" | {_target(r)} | {r['best_family']} ("
+            f" | {'yes' if r['applies'] else 'no'} ({txt.num(r['window_heldout'], 2)}) "
+            f"| {_target(r)} | {r['best_family']} ("
             + ", ".join(f"{f} {r['rmse_' + f]:.1f}" for f in fams) + ") |")
     return lines
 
@@ -182,11 +183,19 @@ def _backtest_section(backtests: dict, fit_tasks: int, level: float) -> list[str
         fitted = result.summary[result.summary["note"].fillna("") == ""]
         if len(fitted):
             within = int((fitted["task0_err"].abs() <= TARGET_POINTS).sum())
+            applies = fitted[fitted["applies"].astype(bool)]
+            near = int((applies["task0_err"].abs() <= TARGET_POINTS).sum())
             covered = result.points["covered"].dropna()
+            mine = result.points[result.points.set_index(result.by).index.isin(
+                applies.set_index(result.by).index)]["covered"].dropna()
             lines.append(f"Task-0 forecast within {TARGET_POINTS:g} points in {within} of "
-                         f"{len(fitted)} groups; intervals covered "
+                         f"{len(fitted)} groups, {near} of the {len(applies)} where the model "
+                         f"claims to apply (its forecast inside the fit window within "
+                         f"{APPLIES_HELDOUT:g} points rms); intervals covered "
                          f"{txt.pct(covered.mean() if len(covered) else np.nan)} of "
-                         f"{len(covered)} held-out entries.")
+                         f"{len(covered)} held-out entries "
+                         f"({txt.pct(mine.mean() if len(mine) else np.nan)} of {len(mine)} where "
+                         f"it applies).")
             by_n = coverage_by_n(result.points)
             lines += ["", "| tasks ahead (n) | entries | coverage | mean \\|err\\| |",
                       "|---|---|---|---|"]
