@@ -7,9 +7,10 @@ not been trained when the model was fitted, so their amplitude is forecast too. 
 forecast − measured, in accuracy points (×100).
 
 Per group the summary gives:
-- task 0 after all T tasks (R[T−1, 0]): the seed mean forecast with its interval against the
-  measured seed mean (the headline: ``task0_err``), and per trial the mean absolute error and
-  how many trials' intervals covered their measurement;
+- task 0 after all T tasks (R[T−1, 0]; ``task0_after`` says after how many, fewer while a
+  sweep still runs): the seed mean forecast with its interval against the measured seed mean
+  (the headline: ``task0_err``), and per trial the mean absolute error and how many trials'
+  intervals covered their measurement;
 - all held-out points of single trials: mean absolute error, rms error and interval coverage;
   the final row R[T−1, ·] alone; the seed-mean points;
 - each family's rms error on the held-out points of tasks it had seen (``rmse_<family>``,
@@ -105,8 +106,10 @@ def backtest(df: pd.DataFrame, fit_tasks: int, *, trials: pd.DataFrame | None = 
             seeds=("seed", "nunique")).join(
             fc.intervals(model, out, level, seed, ["eval_task", "n"])).reset_index()
         mean["covered"] = _covered(mean)
-        row.update(_scores(out, mean, tasks, fit_tasks))
-        row.update(_family_scores(model, frame, out, fit_tasks, families, chance, tasks))
+        # The last row measured: T − 1 once the group has finished, earlier while it runs.
+        last = int(out["trained"].max()) if len(out) else tasks - 1
+        row.update(_scores(out, mean, last), task0_after=last + 1)
+        row.update(_family_scores(model, out, fit_tasks, families, chance, last))
         heldout = _window_heldout(model, chance)
         row.update(family=model.family.name, window_rmse=model.fit.rmse,
                    window_trend=_window_trend(model), window_heldout=heldout,
@@ -139,9 +142,8 @@ def _coverage(covered: pd.Series) -> float:
     return float(known.mean()) if len(known) else float("nan")
 
 
-def _scores(out: pd.DataFrame, mean: pd.DataFrame, tasks: int, fit_tasks: int) -> dict:
+def _scores(out: pd.DataFrame, mean: pd.DataFrame, last: int) -> dict:
     err = 100 * (out["pred"] - out["measured"])
-    last = tasks - 1
     t0 = out[(out["eval_task"] == 0) & (out["trained"] == last)]
     t0_mean = mean[(mean["eval_task"] == 0) & (mean["trained"] == last)]
     final = out[out["trained"] == last]
@@ -167,7 +169,7 @@ def _scores(out: pd.DataFrame, mean: pd.DataFrame, tasks: int, fit_tasks: int) -
     return result
 
 
-def _family_scores(model, frame, out, fit_tasks, families, chance, tasks) -> dict:
+def _family_scores(model, out, fit_tasks, families, chance, last) -> dict:
     """Each family's point forecast from the same window, scored on the held-out points of
     tasks the window had trained (their amplitudes are known; later tasks' are not a matter of
     the curve), and on the seed mean of task 0 after all tasks."""
@@ -178,7 +180,7 @@ def _family_scores(model, frame, out, fit_tasks, families, chance, tasks) -> dic
             model.points.drop(columns=["unit", "fitted"]), chance, name)
         pred = mdl.predict_known(other, seen)
         rmse = float(100 * np.sqrt(np.mean((pred - seen["measured"]) ** 2))) if len(seen) else np.nan
-        t0 = seen[(seen["eval_task"] == 0) & (seen["trained"] == tasks - 1)]
+        t0 = seen[(seen["eval_task"] == 0) & (seen["trained"] == last)]
         t0_err = (float(100 * (mdl.predict_known(other, t0).mean() - t0["measured"].mean()))
                   if len(t0) else np.nan)
         result[f"rmse_{name}"], result[f"task0_err_{name}"] = rmse, t0_err

@@ -121,7 +121,12 @@ def _gamma_report(power: mdl.GroupModel, ci: float) -> dict:
     lo, hi = grp.log_t_interval(gamma, np.exp(power.boot[:, 1]), power.n_seeds, ci)
     out.update(gamma_lo=lo, gamma_hi=hi)
     bounds = np.exp(ret.LOG_GAMMA)
-    if hi / lo > GAMMA_SPAN or lo <= bounds[0] * 1.01 or hi >= bounds[1] * 0.99:
+    if gamma >= bounds[1] * 0.99 or gamma <= bounds[0] * 1.01:
+        side = "upper" if gamma >= bounds[1] * 0.99 else "lower"
+        out["gamma_vs_theory"] = (f"γ̂ at its {side} bound ({gamma:.2g}): no power law in range "
+                                  f"fits" + (" (an exponential-like fall)" if side == "upper"
+                                             else ""))
+    elif hi / lo > GAMMA_SPAN or lo <= bounds[0] * 1.01 or hi >= bounds[1] * 0.99:
         out["gamma_vs_theory"] = (f"γ not identified: {ci:.0%} interval [{lo:.2f}, {hi:.2f}] "
                                   f"spans more than a factor {GAMMA_SPAN:g}")
     elif lo <= GAMMA <= hi:

@@ -29,6 +29,11 @@ def pct(value) -> str:
     return "—" if value is None or not np.isfinite(value) else f"{100 * value:.0f}%"
 
 
+def pct1(value) -> str:
+    """An accuracy (0–1) in percent with one decimal: "78.2"; "—" when missing."""
+    return "—" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
+
+
 def interval(lo, hi, why: str = "") -> str:
     """"[lo, hi]"; the reason there is none otherwise."""
     if lo is None or not np.isfinite(lo) and not np.isinf(lo):
@@ -92,11 +97,12 @@ def backtest_text(result) -> str:
         rows.append({
             "group": label, "seeds": r["n_seeds"], "diverged": r["n_diverged"],
             "curve": r["family"],
-            f"task 0 after {r['tasks']}: measured": f"{100 * r['task0_measured']:.1f}",
-            "forecast": f"{100 * r['task0_pred']:.1f} "
+            "task 0 at the end: measured": f"{pct1(r['task0_measured'])} after "
+                                           f"{r['task0_after']}",
+            "forecast": f"{pct1(r['task0_pred'])} "
                         + interval(100 * r["task0_lo"], 100 * r["task0_hi"], why),
             "error": pts(r["task0_err"]),
-            "per trial |err|": f"{r['task0_trial_mae']:.1f}",
+            "per trial |err|": num(r["task0_trial_mae"], 2),
             "trials covered": (f"{r['task0_trial_covered']}/{r['task0_trials']}" if not why
                                else "—"),
             "held-out |err|": f"{r['points_mae']:.1f}",

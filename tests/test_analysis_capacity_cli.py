@@ -30,7 +30,8 @@ def test_backtest_prints_a_table_and_writes_figures(store_root, tmp_path, capsys
     assert lines[0].startswith("backtest: each group fitted on the measurements taken while its "
                                "first 4 tasks trained")
     header = lines[1]
-    assert f"task 0 after {TASKS}: measured" in header and "coverage" in header
+    assert "task 0 at the end: measured" in header and "coverage" in header
+    assert f"after {TASKS}" in lines[2]
     assert any(line.lstrip().startswith("psp=none, units=64") for line in lines[2:4])
     assert "90% prediction interval" in printed and "over all groups:" in printed
     diverged = next(line for line in lines if line.lstrip().startswith("psp=binary"))
