@@ -180,10 +180,12 @@ def test_accuracy_matrix_colour_scale_fits_the_data_and_prints_small_ones():
     assert printed == ["60", "70", "70", "80", "80", "80"]   # percent, the lower triangle
 
 
-def test_retention_figure_dashes_the_extrapolation(demo_like):
+def test_retention_figure_dashes_the_extrapolation(tmp_path):
     from analysis.figure_kit import analyse
 
-    fig = plots.fig_retention_fit(analyse(demo_like, n_boot=0))
+    root = tmp_path / "one"
+    make_store(root, psps=("binary",), widths=(64,), seeds=(0, 1), tasks=6, train_rows=False)
+    fig = plots.fig_retention_fit(analyse(root, n_boot=0))
     styles = {line.get_linestyle() for ax in fig.axes for line in ax.get_lines()}
     assert {"-", "--", ":"} <= styles
     assert "dashed: extrapolation" in texts(fig)
