@@ -24,8 +24,8 @@ _EXPORTS = {
     "capacity_table": "analysis.capacity", "estimate_capacity": "analysis.capacity",
     "CapacityError": "analysis.capacity", "width_scaling": "analysis.scaling",
     "retention_points": "analysis.retention", "survival_times": "analysis.survival",
-    "kaplan_meier": "analysis.survival", "forecast": "analysis.forecast",
-    "ForecastError": "analysis.forecast", "backtest": "analysis.backtest",
+    "kaplan_meier": "analysis.survival", "forecast": "analysis.forecasting",
+    "ForecastError": "analysis.forecasting", "backtest": "analysis.backtesting",
     "write_all": "analysis.plots", "write_study": "analysis.study",
 }
 __all__ = sorted(_EXPORTS)

@@ -126,7 +126,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     try:
         tests, trials = load_for_backtest(args.store, args.where, args.fit_tasks)
         # scipy and the models only now: a bad split or --where is answered without them.
-        from analysis.backtest import backtest
+        from analysis.backtesting import backtest
         from analysis.report_text import backtest_text
 
         result = backtest(tests, args.fit_tasks, trials=trials, family=args.family,

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from analysis import groups as grp
 from analysis import figure_kit as kit
-from analysis import forecast as fc
+from analysis import forecasting as fc
 
 MAX_PANELS = 12
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import groups as grp
-from analysis.backtest import APPLIES_HELDOUT
-from analysis.forecast import METHOD
+from analysis.backtesting import APPLIES_HELDOUT
+from analysis.forecasting import METHOD
 
 
 def num(value, digits: int = 3) -> str:

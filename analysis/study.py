@@ -19,9 +19,9 @@ from scipy import stats
 from analysis import groups as grp
 from analysis import plots
 from analysis import report_text as txt
-from analysis.backtest import APPLIES_HELDOUT, backtest
+from analysis.backtesting import APPLIES_HELDOUT, backtest
 from analysis.figure_kit import analyse
-from analysis.forecast import METHOD, ForecastError
+from analysis.forecasting import METHOD, ForecastError
 from analysis.plots_forecast import coverage_by_n, write_backtest
 
 TARGET_POINTS = 2.0            # the issue's target: task-0 seed mean within 2 accuracy points
@@ -172,7 +172,7 @@ def _backtest_section(backtests: dict, fit_tasks: int, level: float) -> list[str
              f"Each group is fitted on the measurements taken while its first {fit_tasks} tasks "
              f"trained (curve chosen inside that window), then every later accuracy-matrix "
              f"entry R[i, j], i ≥ {fit_tasks}, is forecast with a {level:.0%} prediction "
-             f"interval ({METHOD}; see analysis/forecast.py) and compared with its measurement. Error = forecast − measured, accuracy "
+             f"interval ({METHOD}; see analysis/forecasting.py) and compared with its measurement. Error = forecast − measured, accuracy "
              f"points. Target (the issue's): task 0's seed mean after the last task within "
              f"{TARGET_POINTS:g} points, and {level:.0%} intervals covering "
              f"{TARGET_COVERAGE[0]:.0%}–{TARGET_COVERAGE[1]:.0%} of held-out entries.", ""]

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import backtest as bt
-from analysis import forecast as fc
+from analysis import backtesting as bt
+from analysis import forecasting as fc
 
 CHANCE = 0.1
 TASKS, SPT, EVERY = 30, 20, 5
@@ -158,3 +158,14 @@ def test_intervals_cover_tasks_that_forget_unalike():
     row = result.summary.iloc[0]
     assert 0.8 <= row.points_coverage <= 0.98, row.points_coverage
     assert 0.85 <= row.means_coverage <= 1.0, row.means_coverage
+
+
+def test_the_package_exports_the_functions():
+    """analysis.forecast and analysis.backtest are functions, even once every analysis module
+    is imported (a submodule of the same name would replace them)."""
+    import analysis
+    import analysis.backtesting  # noqa: F401
+    from analysis import backtest, forecast
+
+    assert forecast is fc.forecast and backtest is bt.backtest
+    assert callable(analysis.forecast) and callable(analysis.backtest)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import forecast as fc
+from analysis import forecasting as fc
 from analysis import groups as grp
 from analysis import models as mdl
 from analysis import retention as ret
@@ -75,7 +75,7 @@ def backtest(df: pd.DataFrame, fit_tasks: int, *, trials: pd.DataFrame | None = 
     """Forecast each group from its first ``fit_tasks`` tasks and score the forecasts on every
     later measurement (see the module docstring). Raises ForecastError when the split leaves
     nothing to fit or nothing to compare."""
-    tests, by = grp.grouped(fc._test_rows(df), trials)
+    tests, by = grp.grouped(fc.evaluations(df), trials)
     if tests.empty:
         raise fc.ForecastError("no test measurements to backtest")
     most = int(tests["tasks"].max())
@@ -93,7 +93,7 @@ def backtest(df: pd.DataFrame, fit_tasks: int, *, trials: pd.DataFrame | None = 
         if tasks <= fit_tasks:
             rows.append({**row, "note": f"ran {tasks} tasks: nothing after task {fit_tasks}"})
             continue
-        model, note = fc._fit_window(frame, fit_tasks, family, chance, n_boot, seed)
+        model, note = fc.fit_window(frame, fit_tasks, family, chance, n_boot, seed)
         if model is None:
             rows.append({**row, "note": note})
             continue

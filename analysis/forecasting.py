@@ -53,12 +53,12 @@ class ForecastError(ValueError):
     """The data cannot support the forecast asked for; the message says why in one line."""
 
 
-def _window(frame: pd.DataFrame, fit_tasks: int) -> pd.DataFrame:
+def window(frame: pd.DataFrame, fit_tasks: int) -> pd.DataFrame:
     spt = frame["steps_per_task"].astype(int)
     return frame[frame["step"] <= fit_tasks * spt]
 
 
-def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
+def evaluations(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] == "test"] if "split" in df else df
 
 
@@ -159,10 +159,10 @@ def forecast(df: pd.DataFrame, fit_tasks: int, horizon: int, *, family: str = "a
         raise ForecastError(f"fit_tasks {fit_tasks}: need at least 2 tasks to fit retention")
     if horizon < 1:
         raise ForecastError(f"horizon {horizon}: must be at least 1 task")
-    tests, by = grp.grouped(_test_rows(df), trials)
+    tests, by = grp.grouped(evaluations(df), trials)
     task0, final, rows, fitted = [], [], [], {}
     for keys, frame in grp.groups(tests, by):
-        model, note = _fit_window(frame, fit_tasks, family, chance, n_boot, seed)
+        model, note = fit_window(frame, fit_tasks, family, chance, n_boot, seed)
         rows.append({**keys, **_model_row(model, note, fit_tasks)})
         if model is None:
             continue
@@ -197,9 +197,9 @@ def forecast(df: pd.DataFrame, fit_tasks: int, horizon: int, *, family: str = "a
                     pd.concat(final, ignore_index=True)[order], pd.DataFrame(rows), fitted)
 
 
-def _fit_window(frame, fit_tasks, family, chance, n_boot, seed):
+def fit_window(frame, fit_tasks, family, chance, n_boot, seed):
     """(GroupModel, "") or (None, why not)."""
-    points = ret.retention_points(_window(frame, fit_tasks), chance)
+    points = ret.retention_points(window(frame, fit_tasks), chance)
     distinct = points.loc[points["n"] > 0, "n"].nunique() if len(points) else 0
     if distinct < 3:
         return None, (f"{distinct} distinct retention points in the first {fit_tasks} tasks; "
