@@ -33,7 +33,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis import groups as grp
 from analysis import models as mdl

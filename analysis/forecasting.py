@@ -1,5 +1,5 @@
-"""Forecasts of accuracy after more tasks, with prediction intervals, and the backtest that
-checks them against what was measured later.
+"""Forecasts of accuracy after more tasks, with prediction intervals (``analysis.backtesting``
+checks them against what was measured later).
 
 ``forecast(df, fit_tasks=m, horizon=T)`` fits each group on the measurements taken while the
 first m tasks trained (step ≤ m·steps_per_task) and predicts, per trial and for the seed mean,
@@ -42,7 +42,6 @@ import pandas as pd
 from analysis import groups as grp
 from analysis import models as mdl
 from analysis import retention as ret
-from analysis.metrics import accuracy_matrix
 
 LEVEL = 0.9
 DRAWS_PER_BOOT = 5
