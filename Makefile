@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench capacity-study clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/psp sweep launch sweeps/demo.yaml --name demo --storage results/sweeps --resume
 	$(BIN)/psp plots results/sweeps/demo/results --out results/figures/demo
+
+# The capacity study: the sweep (resumable: a finished one is left as it is), then the report,
+# README.md and PNG figures in docs/capacity-study/, every number written by the command.
+capacity-study: $(STAMP)
+	$(BIN)/psp sweep launch sweeps/capacity_study.yaml --name capacity_study --storage results/sweeps --resume
+	$(BIN)/psp capacity report results/sweeps/capacity_study/results --out docs/capacity-study
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -3,8 +3,9 @@
     from analysis import load, load_trials, summarize, capacity_table, width_scaling
     df = load("results/sweeps/demo", split="test")        # tidy rows, filters pushed down
     summary = summarize(df)                                # ACC, last-10, BWT, forgetting
-    table, draws = capacity_table(df, return_draws=True)  # K* per (psp, units), bootstrap CI
-    width_scaling(table, draws)                            # K* ∝ units^α per superposition type
+    table, draws = capacity_table(df, return_draws=True)  # K* and K̂ per group, seed bootstrap
+    width_scaling(table, draws)                            # K* ∝ units^α per configuration
+    backtest(df, fit_tasks=10).summary                     # forecasts from 10 tasks vs measured
 
 Names are imported lazily so that `psp --help` (which imports analysis.cli) stays fast.
 """
@@ -19,10 +20,13 @@ _EXPORTS = {
     "backward_transfer": "analysis.metrics", "forgetting": "analysis.metrics",
     "average_forgetting": "analysis.metrics", "summarize": "analysis.metrics",
     "aggregate": "analysis.metrics",
+    "group_columns": "analysis.groups",
     "capacity_table": "analysis.capacity", "estimate_capacity": "analysis.capacity",
-    "width_scaling": "analysis.capacity", "retention_points": "analysis.capacity",
-    "fit_retention": "analysis.capacity", "CapacityError": "analysis.capacity",
-    "write_all": "analysis.plots",
+    "CapacityError": "analysis.capacity", "width_scaling": "analysis.scaling",
+    "retention_points": "analysis.retention", "survival_times": "analysis.survival",
+    "kaplan_meier": "analysis.survival", "forecast": "analysis.forecasting",
+    "ForecastError": "analysis.forecasting", "backtest": "analysis.backtesting",
+    "write_all": "analysis.plots", "write_study": "analysis.study",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,50 +1,31 @@
 """Capacity: how many tasks fit in one set of weights before earlier ones fall below a threshold.
 
-The model (from PSP's Appendix A)
----------------------------------
-Task k is read out of the superposed weights W = Σ_i W_i C_i⁻¹ as Ŵ_k x = W_k x + ε with
-ε = Σ_{i≠k} W_i C_i⁻¹ C_k x. For random contexts the terms of ε are uncorrelated and zero-mean,
-so ε's variance grows linearly in the number of models stored — its size relative to the signal
-grows like sqrt(K/M). Take task j right after it was trained, with signal-to-noise SNR₀; each of
-the n tasks stored after it adds the same variance, hence
+The theory (PSP's Appendix A). Task k is read out of the superposed weights as
+Ŵ_k x = W_k x + ε, ε = Σ_{i≠k} W_i C_i⁻¹ C_k x. For random contexts ε's variance grows linearly
+in the number of models stored, so relative to the signal it grows like sqrt(K/M): after n more
+tasks, task j's signal-to-noise is SNR₀/sqrt(1 + n/κ), κ ∝ M, and to first order its accuracy
+above chance c is a_j(n) − c = (A_j − c)·(1 + n/κ)^(−γ) with γ = 1/2. Capacity is then
+linear in width (α = 1).
 
-    SNR(n) = SNR₀ / sqrt(1 + n/κ),
+What is estimated. The theory's γ is a prior, not a fact of the data: each group (every
+trial parameter that varies, ``analysis.groups``) is fitted with the curve family that
+forecasts its own later measurements best (``analysis.models``: the interference law with free
+γ, with γ = 1/2, an exponential or a Weibull), weighted so that task 0's dense curve counts as
+one task (``analysis.retention``). A task stays usable while a(n) ≥ θ·A (θ = 0.9 by default), i.e.
+while z(n) ≥ z* = (θ·Ā − c)/(Ā − c), Ā the mean fitted just-trained accuracy, so
 
-where κ is the number of further tasks whose interference equals the noise already present when
-j was learned. Interference per task scales like 1/M, so κ ∝ M: the theory predicts capacity
-linear in width (α = 1), which is what the width fit tests. To first order the accuracy above
-chance c is proportional to the SNR, so task j's accuracy after n further tasks is
+    K* = z⁻¹(z*):   κ·(z*^(−1/γ) − 1) for the power laws,   −τ·ln z* for the exponential,
+                    τ·(−ln z*)^(1/β) for the Weibull.
 
-    a_j(n) = c + (A_j − c)·(1 + n/κ)^(−γ),   γ = 1/2,
+K* beyond the tasks measured is an extrapolation and says so (``status``). Beside it stands
+K̂, read off the accuracy matrix without a model (``analysis.survival``), and whether the two
+agree. The free-γ fit is reported for every group (γ̂ with its interval against 1/2).
 
-with A_j its just-trained accuracy (R[j, j]). In normalised units z = (a − c)/(A_j − c) every
-task follows the same curve z(n) = (1 + n/κ)^(−γ).
-
-Fitting. γ is fixed at the theory's 1/2 rather than fitted: over the few tasks a sweep runs, γ
-and κ trade off against each other and a free γ makes extrapolation unstable. The points are
-every test measurement of a learned task j (measured R[j, j] ≥ c + 0.05) at n ≥ 0 tasks after it
-was trained — the task-0 curve every ``eval_every`` steps gives fractional n, the accuracy
-matrix gives R[i, j] at n = i − j — pooled over the tasks and seeds of one (psp, units) group.
-κ and one amplitude A_j per (trial, task) are fitted jointly by least squares on the accuracies.
-For a given κ each A_j is linear (closed form), so only log κ is searched
-(``scipy.optimize.minimize_scalar``, bounded). Fitting A_j instead of dividing by the single
-measurement R[j, j] keeps that measurement's noise from scaling all of task j's points.
-
-Capacity. A task stays usable while a(n) ≥ θ·A (θ = 0.9 by default: 90% of the accuracy it had
-right after training), i.e. while z(n) ≥ z* = (θ·Ā − c)/(Ā − c), Ā the mean fitted just-trained
-accuracy of the group. K* is the number of tasks that can be stored after a task before it falls
-below that threshold:
-
-    K* = κ·(z*^(−1/γ) − 1),
-
-so a network holding K* + 1 tasks still serves the oldest one at θ of its accuracy. K* is
-proportional to κ, hence K* ∝ units^α with the same α as κ.
-
-Because the model is fitted, K* can lie beyond the tasks actually run; such estimates carry
-``extrapolated = True``. The interval is a percentile bootstrap over seeds: trials are resampled
-with replacement within the group and the fit repeated (over retention points when the group has
-a single trial; ``ci_method`` says which). ``width_scaling`` fits log K* = log A + α·log units
-per superposition type.
+Intervals come from a bootstrap over seeds (whole trials): the spread of the log draws with
+Student's t on seeds − 1 degrees of freedom (``groups.log_t_interval``; the plain percentile
+interval undercovers with a handful of seeds), or the percentile interval when a draw is
+infinite. With fewer than three seeds there are none ("no interval (1 seed)"). ``width_scaling`` fits K* ∝ units^α per
+configuration, weighting each width by its bootstrap precision, and tests α = 1.
 """
 from __future__ import annotations
 
@@ -52,24 +33,25 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
 
-from analysis.metrics import anytime_curves
+from analysis import groups as grp
+from analysis import models as mdl
+from analysis import retention as ret
+from analysis import survival as sv
 
 THRESHOLD = 0.9
-CHANCE = 0.1           # 10-way classification (MNIST, FashionMNIST, CIFAR-10)
-GAMMA = 0.5            # the sqrt(K/M) noise growth of PSP's Appendix A
-MIN_GAIN = 0.05        # a task must have been learned this far above chance to measure retention
-KAPPA_BOUNDS = (1e-3, 1e9)
+CHANCE = ret.CHANCE
+GAMMA = ret.THEORY_GAMMA
 MAX_TASKS = 1e6        # K* beyond this is reported as inf ("never", within any plausible range)
 MIN_POINTS = 3
+GAMMA_SPAN = 4.0       # γ counts as identified when its 95% interval spans at most this factor
 
 
 class CapacityError(ValueError):
     """The capacity model cannot be fitted from the data given; the message says why."""
 
 
-# ---- the model -------------------------------------------------------------------------------
+# ---- the theory's curve (kept for its formulas and the simulator) ----------------------------
 def retention_model(n, kappa: float, gamma: float = GAMMA):
     """z(n) = (1 + n/κ)^(−γ): normalised accuracy above chance after n more tasks are stored."""
     return (1.0 + np.asarray(n, dtype=float) / kappa) ** (-gamma)
@@ -81,321 +63,218 @@ def z_threshold(threshold: float, a0: float, chance: float = CHANCE) -> float:
 
 
 def capacity_from_kappa(kappa: float, z_star: float, gamma: float = GAMMA) -> float:
-    """K* = κ·(z*^(−1/γ) − 1): tasks storable after a task before it falls below threshold;
-    inf when z* ≤ 0 (threshold at or below chance)."""
+    """K* = κ·(z*^(−1/γ) − 1) for the power law; inf when z* ≤ 0 (threshold at or below
+    chance)."""
     if z_star <= 0:
         return float("inf")
     return kappa * (z_star ** (-1.0 / gamma) - 1.0)
 
 
-def fit_kappa(n, excess, task, gamma: float = GAMMA,
-              start: float | None = None) -> tuple[float, np.ndarray, float]:
-    """Least squares of excess = a − c ≈ b_task·(1 + n/κ)^(−γ) → (κ, b, rmse).
-
-    ``task`` holds each point's task index 0..m−1; b[k] = A_k − c is the fitted just-trained
-    accuracy above chance of task k (NaN for a task with no points). For fixed κ each b[k] is
-    Σ g·y / Σ g² over its points, so the SSE is profiled over log κ alone, within KAPPA_BOUNDS.
-    κ at the upper bound means no measurable decay. ``start`` (a κ) searches near it first.
-    """
-    n = np.asarray(n, dtype=float)
-    y = np.asarray(excess, dtype=float)
-    task = np.asarray(task, dtype=int)
-    m = int(task.max()) + 1 if len(task) else 0
-
-    def profile(log_kappa: float) -> tuple[float, np.ndarray]:
-        g = retention_model(n, np.exp(log_kappa), gamma)
-        num = np.bincount(task, g * y, minlength=m)
-        den = np.bincount(task, g * g, minlength=m)
-        b = np.divide(num, den, out=np.full(m, np.nan), where=den > 0)
-        return float(np.sum((y - b[task] * g) ** 2)), b
-
-    lo, hi = np.log(KAPPA_BOUNDS)
-    log_kappa = None
-    if start is not None:  # bootstrap replicates: Brent near the full-data fit, no grid
-        bracket = (max(lo, np.log(start) - 2.0), min(hi, np.log(start) + 2.0))
-        result = optimize.minimize_scalar(lambda x: profile(x)[0], bounds=bracket,
-                                          method="bounded", options={"xatol": 1e-6})
-        # An optimum on the bracket's edge may lie beyond it: search globally then, unless
-        # the edge is the global bound itself.
-        low_edge = result.x <= bracket[0] + 1e-3 and bracket[0] > lo
-        high_edge = result.x >= bracket[1] - 1e-3 and bracket[1] < hi
-        log_kappa = None if low_edge or high_edge else result.x
-    if log_kappa is None:
-        # The SSE in log κ has flat shoulders; a coarse grid finds the basin, Brent refines it.
-        grid = np.linspace(lo, hi, 37)
-        sse = [profile(x)[0] for x in grid]
-        best = int(np.argmin(sse))
-        bracket = (grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)])
-        result = optimize.minimize_scalar(lambda x: profile(x)[0], bounds=bracket,
-                                          method="bounded", options={"xatol": 1e-6})
-        log_kappa = result.x if result.fun <= sse[best] else grid[best]
-    final_sse, b = profile(log_kappa)
-    return float(np.exp(log_kappa)), b, float(np.sqrt(final_sse / max(len(n), 1)))
-
-
-# ---- data → retention points -----------------------------------------------------------------
-def retention_points(df: pd.DataFrame, chance: float = CHANCE,
-                     min_gain: float = MIN_GAIN) -> pd.DataFrame:
-    """The points the model is fitted to: every test measurement of a learned task j taken
-    n ≥ 0 tasks after j was trained, for tasks with at least one point at n > 0.
-
-    Columns: the trial's keys, eval_task, step, n (tasks stored after j), accuracy and a0 (the
-    measured R[j, j]). Tasks with a0 < c + min_gain (never learned) are left out.
-    """
-    curves = anytime_curves(df)
-    if curves.empty:
-        return curves.assign(n=[], a0=[])
-    spt = curves["steps_per_task"].astype(int)
-    just_trained = curves[curves["step"] == (curves["eval_task"].astype(int) + 1) * spt]
-    a0 = just_trained.groupby(["trial_id", "eval_task"])["accuracy"].last().rename("a0")
-    points = curves[curves["stored_after"] >= 0].join(a0, on=["trial_id", "eval_task"])
-    points = points[points["a0"].notna() & (points["a0"] >= chance + min_gain)]
-    points = points.assign(n=points["stored_after"])
-    later = points[points["n"] > 0].groupby(["trial_id", "eval_task"]).size().rename("later")
-    points = points.join(later, on=["trial_id", "eval_task"])
-    points = points[points["later"].notna()].drop(columns="later")
-    return points.reset_index(drop=True)
-
-
-def fit_retention(points: pd.DataFrame, chance: float = CHANCE, gamma: float = GAMMA) -> dict:
-    """Fit the model to ``retention_points`` → {kappa, rmse, a0_fit (Ā), points}: the points with
-    ``A`` (the fitted just-trained accuracy of their task) and ``z`` = (accuracy − c)/(A − c)."""
-    keys = points["trial_id"].astype(str) + "/" + points["eval_task"].astype(str)
-    task, _ = pd.factorize(keys)
-    kappa, b, rmse = fit_kappa(points["n"], points["accuracy"] - chance, task, gamma)
-    amplitude = chance + b[task]
-    points = points.assign(A=amplitude, z=(points["accuracy"] - chance) / (amplitude - chance))
-    return {"kappa": kappa, "rmse": rmse, "a0_fit": float(np.nanmean(chance + b)),
-            "points": points}
+def k_star(fam: ret.Family, theta, z_star: float) -> float:
+    """The n at which the family's curve reaches z*: inf with no measurable decay (the scale
+    at its upper bound), a threshold at or below chance, or beyond MAX_TASKS."""
+    if z_star <= 0 or fam.at_bound(theta):
+        return float("inf")
+    if z_star >= 1:
+        return 0.0
+    k = float(fam.crossing(z_star, *theta))
+    return float("inf") if k > MAX_TASKS else k
 
 
 # ---- one group -------------------------------------------------------------------------------
-def _fit_arrays(n: np.ndarray, excess: np.ndarray, task: np.ndarray, threshold: float,
-                chance: float, gamma: float, start: float | None = None) -> dict:
-    kappa, b, rmse = fit_kappa(n, excess, task, gamma, start)
-    a0_fit = chance + float(np.nanmean(b))
-    z_star = z_threshold(threshold, a0_fit, chance)
-    k_star = capacity_from_kappa(kappa, z_star, gamma)
-    if kappa >= KAPPA_BOUNDS[1] * 0.999 or k_star > MAX_TASKS:
-        k_star = float("inf")
-    return {"kappa": kappa, "rmse": rmse, "a0_fit": a0_fit, "z_star": z_star, "K_star": k_star}
-
-
-def _quantiles(values: np.ndarray, ci: float) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    # inverted_cdf: no interpolation, so an inf draw never turns a bound into NaN.
-    lo, hi = np.quantile(values, [(1 - ci) / 2, (1 + ci) / 2], method="inverted_cdf")
-    return float(lo), float(hi)
-
-
-def estimate_capacity(df: pd.DataFrame, *, threshold: float = THRESHOLD, chance: float = CHANCE,
-                      gamma: float = GAMMA, n_boot: int = 200, ci: float = 0.95, seed: int = 0,
-                      label: str = "", return_draws: bool = False):
-    """K* of the trials in ``df`` (one (psp, units) group), with a bootstrap interval.
-
-    Returns a dict (see ``capacity_table`` for the fields), plus the bootstrap draws as a DataFrame
-    (b, kappa, K_star) when ``return_draws``. Raises CapacityError with fewer than three
-    distinct retention points (n values), or for a threshold outside (0, 1).
-    """
+def _checked_points(df, threshold, chance, label):
     if not 0 < threshold < 1:
         raise CapacityError(f"threshold must be in (0, 1) (a fraction of the just-trained "
                             f"accuracy); got {threshold}")
-    points = retention_points(df, chance)
-    where = f" for {label}" if label else ""
+    points = ret.retention_points(df, chance)
     distinct = points.loc[points["n"] > 0, "n"].nunique() if len(points) else 0
     if distinct < MIN_POINTS:
+        where = f" for {label}" if label else ""
         raise CapacityError(
             f"need at least {MIN_POINTS} retention points to fit the capacity model{where}; got "
             f"{distinct} (distinct numbers of tasks stored after a learned task; run more tasks "
             f"or evaluate more often with eval_every)")
-    # Plain arrays per trial: the bootstrap refits hundreds of times, pandas would dominate.
-    per_trial = []
-    for _, g in points.groupby("trial_id", sort=True):
-        task, _ = pd.factorize(g["eval_task"])
-        per_trial.append((g["n"].to_numpy(float), (g["accuracy"] - chance).to_numpy(float), task))
+    return points, distinct
 
-    def pooled(parts):  # concatenate trials, renumbering tasks so each (trial, task) is its own
-        offsets = np.cumsum([0] + [int(t.max()) + 1 for _, _, t in parts[:-1]])
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] + o for p, o in zip(parts, offsets)]))
 
-    fit = _fit_arrays(*pooled(per_trial), threshold, chance, gamma)
-    n_min = float(points.loc[points["n"] > 0, "n"].min())
-    n_max = float(points["n"].max())
+def _status(k: float, z_star: float, n_min: float, observed: float) -> tuple[str, str]:
+    if np.isinf(k) and z_star <= 0:
+        return "never", "the threshold is at or below chance accuracy"
+    if np.isinf(k):
+        return "never", f"no fall below threshold within {MAX_TASKS:.0e} tasks (no measurable decay)"
+    if k < n_min:
+        return "already_below", (f"below threshold at the first retention point ({n_min:g} "
+                                 f"tasks after): K* is a backward extrapolation")
+    if k > observed:
+        return "extrapolated", (f"K* = {k:.3g} extrapolated beyond the {observed:g} tasks "
+                                f"stored after a task in the data")
+    return "interpolated", ""
 
-    rng = np.random.default_rng(seed)
-    ci_method = "seeds" if len(per_trial) > 1 else "points"
-    draws = []
-    for b in range(n_boot):
-        if len(per_trial) > 1:  # resample whole trials (seeds) with replacement
-            picked = [per_trial[i] for i in rng.integers(0, len(per_trial), len(per_trial))]
-            n_b, y_b, t_b = pooled(picked)
-        else:  # one trial: resample its points
-            n_all, y_all, t_all = per_trial[0]
-            idx = rng.integers(0, len(n_all), len(n_all))
-            n_b, y_b, t_b = n_all[idx], y_all[idx], t_all[idx]
-        if len(np.unique(n_b[n_b > 0])) < MIN_POINTS:
-            draws.append((b, np.nan, np.nan))
-            continue
-        again = _fit_arrays(n_b, y_b, t_b, threshold, chance, gamma, start=fit["kappa"])
-        draws.append((b, again["kappa"], again["K_star"]))
-    draws = pd.DataFrame(draws, columns=["b", "kappa", "K_star"])
-    k_lo, k_hi = _quantiles(draws["K_star"].to_numpy(dtype=float), ci)
-    kappa_lo, kappa_hi = _quantiles(draws["kappa"].to_numpy(dtype=float), ci)
 
-    k_star = fit["K_star"]
-    observed = n_max  # the most tasks stored after a task that any retention point saw
-    if np.isinf(k_star) and fit["z_star"] <= 0:
-        status, note = "never", "the threshold is at or below chance accuracy"
-    elif np.isinf(k_star):
-        status, note = "never", (f"no fall below threshold within {MAX_TASKS:.0e} tasks "
-                                 f"(no measurable decay)")
-    elif k_star < n_min:
-        status, note = "already_below", (f"below threshold at the first retention point "
-                                         f"({n_min:g} tasks after): K* is a backward extrapolation")
-    elif k_star > observed:
-        status, note = "extrapolated", (f"K* = {k_star:.3g} extrapolated beyond the "
-                                        f"{observed:g} tasks stored after a task in the data")
+def _gamma_report(power: mdl.GroupModel, ci: float) -> dict:
+    gamma = power.fit.natural()["gamma"]
+    out = {"gamma": gamma, "gamma_lo": np.nan, "gamma_hi": np.nan}
+    if power.boot is None:
+        out["gamma_vs_theory"] = f"γ̂ = {gamma:.2f}, {power.interval_note}"
+        return out
+    lo, hi = grp.log_t_interval(gamma, np.exp(power.boot[:, 1]), power.n_seeds, ci)
+    out.update(gamma_lo=lo, gamma_hi=hi)
+    bounds = np.exp(ret.LOG_GAMMA)
+    if gamma >= bounds[1] * 0.99 or gamma <= bounds[0] * 1.01:
+        side = "upper" if gamma >= bounds[1] * 0.99 else "lower"
+        out["gamma_vs_theory"] = (f"γ̂ at its {side} bound ({gamma:.2g}): no power law in range "
+                                  f"fits" + (" (an exponential-like fall)" if side == "upper"
+                                             else ""))
+    elif hi / lo > GAMMA_SPAN or lo <= bounds[0] * 1.01 or hi >= bounds[1] * 0.99:
+        out["gamma_vs_theory"] = (f"γ not identified: {ci:.0%} interval [{lo:.2f}, {hi:.2f}] "
+                                  f"spans more than a factor {GAMMA_SPAN:g}")
+    elif lo <= GAMMA <= hi:
+        out["gamma_vs_theory"] = f"consistent with 1/2: [{lo:.2f}, {hi:.2f}]"
     else:
-        status, note = "interpolated", ""
+        out["gamma_vs_theory"] = (f"departs from 1/2: γ̂ = {gamma:.2f} [{lo:.2f}, {hi:.2f}], "
+                                  f"{gamma / GAMMA:.2g}× the theory's")
+    return out
+
+
+def estimate_capacity(df: pd.DataFrame, *, threshold: float = THRESHOLD, chance: float = CHANCE,
+                      family: str = "auto", n_boot: int = 200, ci: float = 0.95, seed: int = 0,
+                      label: str = "", trials: pd.DataFrame | None = None,
+                      return_draws: bool = False):
+    """K* and K̂ of the trials in ``df`` (one group), with bootstrap intervals over seeds.
+
+    Returns a dict (fields: see ``capacity_table``), plus the bootstrap draws (b, scale,
+    K_star) as a DataFrame when ``return_draws``. Raises CapacityError with fewer than three
+    distinct retention points (n values) or a threshold outside (0, 1).
+    """
+    points, distinct = _checked_points(df, threshold, chance, label)
+    model = mdl.fit_points(points, chance, family, n_boot=n_boot, seed=seed)
+    fam, theta = model.family, model.fit.theta
+    a0_fit = chance + float(np.nanmean(model.fit.b))
+    z_star = z_threshold(threshold, a0_fit, chance)
+    k = k_star(fam, theta, z_star)
+    draws = pd.DataFrame({"b": pd.Series(dtype=int), "scale": pd.Series(dtype=float),
+                          "K_star": pd.Series(dtype=float)})
+    k_lo = k_hi = s_lo = s_hi = np.nan
+    if model.boot is not None:
+        ks = [k_star(fam, t, z_threshold(threshold, chance + mb, chance))
+              for t, mb in zip(model.boot, model.boot_mean_b)]
+        draws = pd.DataFrame({"b": np.arange(len(ks)), "scale": np.exp(model.boot[:, 0]),
+                              "K_star": ks})
+        k_lo, k_hi = grp.seed_interval(k, draws["K_star"], model.n_seeds, ci)
+        s_lo, s_hi = grp.seed_interval(float(np.exp(theta[0])), draws["scale"], model.n_seeds, ci)
+    n_min = float(points.loc[points["n"] > 0, "n"].min())
+    observed = float(points["n"].max())
+    status, note = _status(k, z_star, n_min, observed)
+    power = model if fam.name == "power" else mdl.fit_points(points, chance, "power",
+                                                             n_boot=n_boot, seed=seed)
+    residual = 100 * (model.points["accuracy"] - model.points["fitted"])
+    khat = sv.survival_capacity(df, threshold, chance=chance, trials=trials, n_boot=n_boot, ci=ci,
+                                seed=seed)
     result = {
-        "K_star": k_star, "K_lo": k_lo, "K_hi": k_hi,
-        "kappa": fit["kappa"], "kappa_lo": kappa_lo, "kappa_hi": kappa_hi,
-        "status": status, "extrapolated": status in ("extrapolated", "never", "already_below"),
-        "threshold": threshold, "z_star": fit["z_star"], "a0_fit": fit["a0_fit"],
-        "chance": chance, "gamma": gamma,
-        "n_trials": len(per_trial),
-        "n_seeds": int(df["seed"].nunique()) if "seed" in df else len(per_trial),
+        "K_star": k, "K_lo": k_lo, "K_hi": k_hi, "status": status,
+        "extrapolated": status in ("extrapolated", "never", "already_below"),
+        **khat,
+        "agreement": sv.agreement(k, k_lo, k_hi, observed, khat["K_hat"], khat["K_hat_lo"],
+                                  khat["K_hat_hi"], khat["K_hat_follow_up"]),
+        "family": fam.name, "scale": float(np.exp(theta[0])), "scale_lo": s_lo, "scale_hi": s_hi,
+        **_gamma_report(power, ci),
+        "threshold": threshold, "z_star": z_star, "a0_fit": a0_fit, "chance": chance,
+        "n_trials": int(df["trial_id"].nunique()), "n_seeds": model.n_seeds,
+        "n_diverged": grp.n_diverged(df, trials),
         "n_points": len(points), "n_distinct": distinct, "n_observed": observed,
-        "rmse": fit["rmse"], "ci_method": ci_method, "n_boot": n_boot, "note": note,
+        "rmse": 100 * model.fit.rmse,
+        "trend": ret.residual_trend(model.points["n"], residual, model.points["weight"]),
+        "selection": _selection_text(model.selection),
+        "ci_method": model.interval_note or "seeds", "n_boot": n_boot if model.boot is not None
+        else 0, "note": note,
     }
     return (result, draws) if return_draws else result
 
 
+def _selection_text(selection: pd.DataFrame) -> str:
+    if selection.empty:
+        return "fixed"
+    if selection["heldout_rmse"].isna().all():
+        return "too short to hold out: the theory's curve"
+    return "; ".join(f"{r.family} {100 * r.heldout_rmse:.2f}" for r in selection.itertuples())
+
+
 # ---- every group -----------------------------------------------------------------------------
-def capacity_table(df: pd.DataFrame, *, by: Sequence[str] = ("psp", "units"),
-             threshold: float = THRESHOLD, chance: float = CHANCE, gamma: float = GAMMA,
-             n_boot: int = 200, ci: float = 0.95, seed: int = 0, errors: str = "raise",
-             return_draws: bool = False):
-    """K* per group (default psp × units) as a DataFrame, one row per group.
+RESULT_COLUMNS = [
+    "K_star", "K_lo", "K_hi", "status", "extrapolated", "K_hat", "K_hat_lo", "K_hat_hi",
+    "K_hat_status", "K_hat_follow_up", "K_hat_tasks", "K_hat_events", "K_hat_diverged",
+    "K_hat_ci", "agreement", "family", "scale", "scale_lo", "scale_hi", "gamma", "gamma_lo",
+    "gamma_hi", "gamma_vs_theory", "threshold", "z_star", "a0_fit", "chance", "n_trials",
+    "n_seeds", "n_diverged", "n_points", "n_distinct", "n_observed", "rmse", "trend",
+    "selection", "ci_method", "n_boot", "note"]
 
-    Columns: the group keys; K_star with its bootstrap interval K_lo, K_hi; kappa (κ) with
-    kappa_lo, kappa_hi; status (interpolated | extrapolated | never | already_below |
-    insufficient) and extrapolated (bool); threshold, z_star, a0_fit (Ā), chance, gamma;
-    n_trials, n_seeds, n_points, n_distinct (distinct n > 0), n_observed (the most tasks stored
-    after a task in the data); rmse of the fit (accuracy units); ci_method, n_boot, note.
 
-    ``errors="raise"`` propagates CapacityError; ``"note"`` records the group as
-    ``insufficient`` with the message in ``note`` (what plots and the CLI use). With
-    ``return_draws`` also returns the bootstrap draws (group keys, b, kappa, K_star), which
-    ``width_scaling`` turns into an interval for α.
+def capacity_table(df: pd.DataFrame, *, by: Sequence[str] | None = None,
+                   trials: pd.DataFrame | None = None, threshold: float = THRESHOLD,
+                   chance: float = CHANCE, family: str = "auto", n_boot: int = 200,
+                   ci: float = 0.95, seed: int = 0, errors: str = "raise",
+                   return_draws: bool = False):
+    """K* and K̂ per group, one row per group.
+
+    Groups: ``by``, or every trial parameter that varies (``analysis.groups``; ``trials``
+    adds config-only parameters and the status that makes a diverged trial count as failing
+    its tasks in K̂). Columns: the group keys, then
+    - K_star [K_lo, K_hi] (model; bootstrap over seeds), status (interpolated | extrapolated |
+      never | already_below | insufficient), extrapolated;
+    - K_hat [K_hat_lo, K_hat_hi] (Kaplan–Meier median, inf: censored), K_hat_status,
+      K_hat_follow_up, K_hat_tasks/events/diverged, K_hat_ci; agreement (K* vs K̂, in words);
+    - family (the curve chosen), scale (κ or τ) with its interval; gamma [gamma_lo, gamma_hi]
+      of the free-γ fit and gamma_vs_theory; rmse (accuracy points, weighted) and trend
+      (residual slope, points per 10 tasks); selection (each family's held-out rms error);
+    - threshold, z_star, a0_fit (Ā), chance, n_trials, n_seeds, n_diverged, n_points,
+      n_distinct, n_observed, ci_method ("seeds" or why there is no interval), n_boot, note.
+
+    ``errors="note"`` records a group that cannot be fitted as ``insufficient`` with the reason
+    in ``note`` instead of raising. ``return_draws`` also returns the bootstrap draws (keys, b,
+    scale, K_star), which ``width_scaling`` turns into an interval for α.
     """
-    by = list(by)
     tests = df[df["split"] == "test"] if "split" in df else df
+    if by is None:
+        tests, by = grp.grouped(tests, trials)
+    by = list(by)
     rows, all_draws = [], []
-    for key, group in tests.groupby(by, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        keys = dict(zip(by, key))
-        label = ", ".join(f"{k}={v}" for k, v in keys.items())
+    for keys, group in grp.groups(tests, by):
         try:
             result, draws = estimate_capacity(group, threshold=threshold, chance=chance,
-                                              gamma=gamma, n_boot=n_boot, ci=ci, seed=seed,
-                                              label=label, return_draws=True)
+                                              family=family, n_boot=n_boot, ci=ci, seed=seed,
+                                              label=grp.label(keys), trials=trials,
+                                              return_draws=True)
         except CapacityError as exc:
             if errors == "raise":
                 raise
             result = {"status": "insufficient", "extrapolated": False, "note": str(exc),
-                      "threshold": threshold, "chance": chance, "gamma": gamma,
-                      "n_trials": group["trial_id"].nunique(),
-                      "n_seeds": group["seed"].nunique() if "seed" in group else np.nan}
-            draws = pd.DataFrame(columns=["b", "kappa", "K_star"])
+                      "threshold": threshold, "chance": chance,
+                      "n_trials": group["trial_id"].nunique(), "n_seeds": grp.n_seeds(group),
+                      "n_diverged": grp.n_diverged(group, trials),
+                      **sv.survival_capacity(group, threshold, chance=chance, trials=trials,
+                                             n_boot=n_boot, ci=ci, seed=seed)}
+            draws = pd.DataFrame(columns=["b", "scale", "K_star"])
         rows.append({**keys, **result})
         all_draws.append(draws.assign(**keys))
-    columns = [*by, "K_star", "K_lo", "K_hi", "kappa", "kappa_lo", "kappa_hi", "status",
-               "extrapolated", "threshold", "z_star", "a0_fit", "chance", "gamma", "n_trials",
-               "n_seeds", "n_points", "n_distinct", "n_observed", "rmse", "ci_method",
-               "n_boot", "note"]
-    table = pd.DataFrame(rows, columns=columns)
+    for keys, group in grp.unmeasured(trials, by, tests):  # counted, not dropped
+        diverged = int((group["status"] == "diverged").sum()) if "status" in group else 0
+        rows.append({**keys, "status": "insufficient", "extrapolated": False,
+                     "threshold": threshold, "chance": chance, "n_trials": len(group),
+                     "n_seeds": grp.n_seeds(group), "n_diverged": diverged,
+                     "note": f"no test measurements ({diverged} of {len(group)} trials "
+                             f"diverged before any)"})
+    table = pd.DataFrame(rows, columns=[*by, *RESULT_COLUMNS])
+    table = table.sort_values(by, kind="stable").reset_index(drop=True)
     if not return_draws:
         return table
     draws = (pd.concat(all_draws, ignore_index=True) if all_draws
-             else pd.DataFrame(columns=[*by, "b", "kappa", "K_star"]))
-    return table, draws[[*by, "b", "kappa", "K_star"]]
+             else pd.DataFrame(columns=[*by, "b", "scale", "K_star"]))
+    return table, draws[[*by, "b", "scale", "K_star"]]
 
 
-# ---- scaling with width ----------------------------------------------------------------------
-def _slope(log_u: np.ndarray, log_k: np.ndarray) -> tuple[float, float]:
-    slope, intercept = np.polyfit(log_u, log_k, 1)
-    return float(slope), float(intercept)
-
-
-def _bootstrap_slopes(draws: pd.DataFrame, units: pd.Series) -> np.ndarray:
-    """α of each bootstrap replicate b: the least-squares slope of log K*_b vs log units over
-    the widths whose b-th draw is finite (replicates with fewer than 2 such widths drop out)."""
-    wide = draws[draws["units"].isin(units)].pivot_table(index="b", columns="units",
-                                                         values="K_star", aggfunc="first")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_k = np.log(wide.to_numpy(dtype=float))      # (B, widths); inf/NaN drop out below
-    log_u = np.broadcast_to(np.log(wide.columns.to_numpy(dtype=float)), log_k.shape)
-    ok = np.isfinite(log_k)
-    count = ok.sum(axis=1)
-    mean_u = np.where(ok, log_u, 0).sum(axis=1) / np.maximum(count, 1)
-    mean_k = np.where(ok, log_k, 0).sum(axis=1) / np.maximum(count, 1)
-    du = np.where(ok, log_u - mean_u[:, None], 0)
-    dk = np.where(ok, log_k - mean_k[:, None], 0)
-    sxx = (du * du).sum(axis=1)
-    keep = (count >= 2) & (sxx > 0)
-    return (du * dk).sum(axis=1)[keep] / sxx[keep]
-
-
-def width_scaling(cap: pd.DataFrame, draws: pd.DataFrame | None = None, *, ci: float = 0.95,
-                  by: str = "psp") -> pd.DataFrame:
-    """Per superposition type: the power law K* = A·units^α, fitted as log K* = log A + α·log units
-    by least squares over the widths with a finite K*.
-
-    Interval for α: with ``draws`` (from ``capacity_table(..., return_draws=True)``) the percentile
-    bootstrap — replicate b refits α on every width's b-th draw, so seed noise propagates;
-    otherwise Student's t on the OLS standard error (needs ≥ 3 widths). Columns: psp, alpha,
-    alpha_lo, alpha_hi, alpha_se (OLS), prefactor (A), n_widths, units_min, units_max,
-    n_extrapolated (widths whose K* was extrapolated), ci_method, note.
-    """
-    rows = []
-    for value, group in cap.groupby(by, sort=True):
-        usable = group[np.isfinite(group["K_star"].astype(float)) & (group["K_star"] > 0)
-                       & (group["units"] > 0)].sort_values("units")
-        row = {by: value, "alpha": np.nan, "alpha_lo": np.nan, "alpha_hi": np.nan,
-               "alpha_se": np.nan, "prefactor": np.nan, "n_widths": len(usable),
-               "units_min": usable["units"].min() if len(usable) else np.nan,
-               "units_max": usable["units"].max() if len(usable) else np.nan,
-               "n_extrapolated": int(usable["extrapolated"].astype(bool).sum()),
-               "ci_method": "", "note": ""}
-        if usable["units"].nunique() < 2:
-            row["note"] = (f"need K* at 2 or more widths to fit α; got "
-                           f"{usable['units'].nunique()}")
-            rows.append(row)
-            continue
-        log_u = np.log(usable["units"].to_numpy(dtype=float))
-        log_k = np.log(usable["K_star"].to_numpy(dtype=float))
-        alpha, intercept = _slope(log_u, log_k)
-        row.update(alpha=alpha, prefactor=float(np.exp(intercept)))
-        if len(usable) >= 3:
-            row["alpha_se"] = float(stats.linregress(log_u, log_k).stderr)
-        if draws is not None and len(draws):
-            alphas = _bootstrap_slopes(draws[draws[by] == value], usable["units"])
-            if len(alphas):
-                row["alpha_lo"], row["alpha_hi"] = _quantiles(alphas, ci)
-                row["ci_method"] = "bootstrap"
-        if row["ci_method"] == "" and len(usable) >= 3:
-            half = stats.t.ppf((1 + ci) / 2, len(usable) - 2) * row["alpha_se"]
-            row.update(alpha_lo=alpha - half, alpha_hi=alpha + half, ci_method="ols")
-        if row["ci_method"] == "":
-            row["note"] = "2 widths: α has no interval (need bootstrap draws or 3 widths)"
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[by, "alpha", "alpha_lo", "alpha_hi", "alpha_se", "prefactor",
-                                       "n_widths", "units_min", "units_max", "n_extrapolated",
-                                       "ci_method", "note"])
+def group_keys(table: pd.DataFrame) -> list[str]:
+    """The group columns of a ``capacity_table``: every column that is not a result."""
+    return [c for c in table.columns if c not in RESULT_COLUMNS]
 
 
 # ---- synthetic data from the model -----------------------------------------------------------

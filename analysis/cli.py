@@ -9,7 +9,8 @@ import sys
 
 RESULT_COLUMNS = ["trial_id", "psp", "units", "tasks", "seed", "status", "acc", "steps_done"]
 # What the user gets wrong, reported as one line with exit code 2 (names as in orchestrator.errors).
-USER_ERRORS = ("QueryError", "StoreError", "SchemaError", "CapacityError")
+USER_ERRORS = ("QueryError", "StoreError", "SchemaError", "CapacityError", "ForecastError",
+               "UserError")
 
 
 def register(subparsers) -> None:
@@ -23,6 +24,14 @@ def register(subparsers) -> None:
                          help="pandas query over the trial columns, e.g. \"psp == 'binary' and "
                               "units >= 256\"")
     results.add_argument("--csv", metavar="OUT", help="also write the table to this CSV file")
+    results.add_argument("--capacity", action="store_true",
+                         help="also print K* (model) and K̂ (data) per group with their "
+                              "intervals and whether they agree (fits the model: seconds)")
+    results.add_argument("--threshold", type=float, default=0.9,
+                         help="with --capacity: the threshold as a fraction of each task's "
+                              "just-trained accuracy (default 0.9)")
+    results.add_argument("--n-boot", type=int, default=200,
+                         help="with --capacity: seed-bootstrap resamples (default 200)")
     results.set_defaults(func=cmd_results)
 
     plots = subparsers.add_parser(
@@ -39,6 +48,10 @@ def register(subparsers) -> None:
                        help="chance accuracy (default 0.1: 10 classes)")
     plots.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200)")
     plots.set_defaults(func=cmd_plots)
+
+    from analysis import capacity_cli
+
+    capacity_cli.register(subparsers)
 
 
 def _fail(command: str, message: str) -> int:
@@ -81,14 +94,33 @@ def results_table(store, where: str | None = None):
     return table.sort_values(["psp", "units", "seed", "trial_id"], kind="stable")
 
 
+def _capacity_text(store, trials, threshold: float, n_boot: int) -> str:
+    """K* and K̂ per group of the trials listed (``psp results --capacity``)."""
+    from analysis import groups
+    from analysis.capacity import capacity_table
+    from analysis.query import load
+    from analysis.report_text import capacity_text
+
+    tests, by = groups.grouped(load(store, split="test", trial_id=sorted(trials["trial_id"])),
+                               trials)
+    cap = capacity_table(tests, by=by, trials=trials, threshold=threshold, n_boot=n_boot,
+                         errors="note")
+    return capacity_text(cap, by)
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     if _missing_local_store(args.store):
         return _fail("results", f"{args.store}: no such file or directory")
+    if not 0 < args.threshold < 1:
+        return _fail("results", f"--threshold {args.threshold}: must be in (0, 1)")
+    capacity = ""
     try:
         table = results_table(args.store, args.where)
         shown = table[RESULT_COLUMNS]
         if args.csv:
             shown.to_csv(args.csv, index=False)
+        if args.capacity and len(table):
+            capacity = _capacity_text(args.store, table, args.threshold, args.n_boot)
     except Exception as exc:  # noqa: BLE001
         if _is_user_error(exc) or isinstance(exc, OSError):
             return _fail("results", exc)
@@ -99,6 +131,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(shown.to_string(index=False, na_rep="—",
                               formatters={"acc": lambda v: "—" if v != v else f"{v:.4f}"}))
         print(f"{len(shown)} trial(s)")
+    if capacity:
+        print()
+        print(capacity)
     if args.csv:
         print(f"wrote {args.csv}")
     return 0

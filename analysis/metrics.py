@@ -17,9 +17,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-# Parameter columns kept on each per-trial summary row (those present in the input).
-TRIAL_KEYS = ("sweep", "trial_id", "model", "psp", "units", "depth", "tasks", "steps_per_task",
-              "seed", "dataset", "stream", "penalty", "heads", "lr")
+from analysis.groups import group_columns
+from trainables.schema import PARAM_FIELDS
+
+# Columns kept on each per-trial summary row (those present in the input): every trial
+# parameter, so that summaries can be grouped by whatever varies (analysis.groups).
+TRIAL_KEYS = ("sweep", "trial_id", *PARAM_FIELDS)
 METRICS = ("acc", "acc_last10", "bwt", "forgetting", "task0_final")
 
 
@@ -71,14 +74,16 @@ def anytime_curves(df: pd.DataFrame) -> pd.DataFrame:
     """Every test measurement as a point on its task's curve; R is these curves sampled at the
     task boundaries.
 
-    Columns: trial_id, eval_task, step, accuracy, ``tasks_trained`` = step / spt (fractional),
+    Columns: trial_id, eval_task, step, accuracy (and n_examples, the test-set size, when the
+    input has it), ``tasks_trained`` = step / spt (fractional),
     and ``stored_after`` = n = step / spt − (eval_task + 1): how many tasks were trained after
     ``eval_task`` when it was measured (negative while ``eval_task`` itself is being trained;
     R[i, j] is the point with n = i − j).
     """
     tests = _test_rows(df)
     keep = [c for c in TRIAL_KEYS if c in tests]
-    out = tests[[*keep, "eval_task", "step", "accuracy"]].copy()
+    measured = ["accuracy", "n_examples"] if "n_examples" in tests else ["accuracy"]
+    out = tests[[*keep, "eval_task", "step", *measured]].copy()
     spt = out["steps_per_task"].astype(float)
     out["tasks_trained"] = out["step"] / spt
     out["stored_after"] = out["tasks_trained"] - (out["eval_task"].astype(float) + 1)
@@ -141,17 +146,23 @@ def average_forgetting(R: pd.DataFrame) -> float:
     return float(f.mean(skipna=False)) if len(f) else float("nan")
 
 
-def summarize(df: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, k: int = 10, trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per trial: its parameters and acc (ACC), acc_last10 (ACC over the last k tasks),
-    bwt (BWT), forgetting (mean f_j), task0_final (R[T−1, 0]), tasks_done (rows of R measured)."""
+    bwt (BWT), forgetting (mean f_j), task0_final (R[T−1, 0]), tasks_done (rows of R measured)
+    and status — from ``trials`` when given (completed, diverged, running, …), else
+    "incomplete" for a trial with fewer rows of R than tasks and null otherwise. A trial of
+    ``trials`` without a test row (diverged at once) gets a row of NaN metrics."""
     tests = _test_rows(df)
+    status = dict(zip(trials["trial_id"], trials["status"])) if trials is not None else {}
     rows = []
     for trial_id, group in tests.groupby("trial_id", sort=True):
         R = accuracy_matrix(group)
         row = {c: _one_value(group, c) for c in TRIAL_KEYS if c in group}
         row["trial_id"] = trial_id
+        done = int(R.notna().any(axis=1).sum())
         row.update(
-            tasks_done=int(R.notna().any(axis=1).sum()),
+            tasks_done=done,
+            status=status.get(trial_id, "incomplete" if done < len(R) else None),
             acc=average_accuracy(R),
             acc_last10=average_last_k(R, k),
             bwt=backward_transfer(R),
@@ -159,7 +170,13 @@ def summarize(df: pd.DataFrame, k: int = 10) -> pd.DataFrame:
             task0_final=float(R.iloc[-1, 0]) if len(R) else float("nan"),
         )
         rows.append(row)
-    columns = [c for c in TRIAL_KEYS if c in tests] + ["tasks_done", *METRICS]
+    if trials is not None:  # a trial that diverged before its first test is still a trial
+        seen = set(tests["trial_id"].unique())
+        for trial in trials[~trials["trial_id"].isin(seen)].to_dict("records"):
+            rows.append({**{c: trial.get(c) for c in TRIAL_KEYS if c in trials},
+                         "tasks_done": 0, "status": trial.get("status"),
+                         **{m: float("nan") for m in METRICS}})
+    columns = [c for c in TRIAL_KEYS if c in tests] + ["tasks_done", "status", *METRICS]
     return pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
 
 
@@ -179,18 +196,25 @@ def mean_ci(values: Sequence[float], ci: float = 0.95) -> tuple[float, float, fl
     return mean, mean - half, mean + half, n
 
 
-def aggregate(summary: pd.DataFrame, by: Sequence[str] = ("psp", "units"), ci: float = 0.95,
+def aggregate(summary: pd.DataFrame, by: Sequence[str] | None = None, ci: float = 0.95,
               metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """Per group (default psp × units): for each metric m, m_mean, m_lo, m_hi (a t interval at
-    level ``ci`` over the trials of the group, normally its seeds) and m_n (trials with a value);
-    ``n_trials`` and ``n_seeds`` count the group."""
-    by = list(by)
+    """Per group — ``by``, or every trial parameter that varies (``analysis.groups``) — for
+    each metric m: m_mean, m_lo, m_hi (a t interval at level ``ci`` over the trials of the
+    group, normally its seeds) and m_n (trials with a value). ``n_trials`` and ``n_seeds``
+    count the group, ``n_diverged`` its diverged trials and ``n_incomplete`` those that did
+    not finish every task (diverged ones included): a metric averaged over fewer trials than
+    the group has says so in m_n, and these columns say why."""
+    by = list(by) if by is not None else group_columns(summary)
+    status = summary["status"] if "status" in summary else pd.Series(None, index=summary.index)
     rows = []
     for key, group in summary.groupby(by, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key))
         row["n_trials"] = len(group)
         row["n_seeds"] = group["seed"].nunique() if "seed" in group else len(group)
+        row["n_diverged"] = int((status[group.index] == "diverged").sum())
+        row["n_incomplete"] = (int((group["tasks_done"] < group["tasks"]).sum())
+                               if {"tasks_done", "tasks"} <= set(group) else 0)
         for m in metrics:
             mean, lo, hi, n = mean_ci(group[m], ci)
             row.update({f"{m}_mean": mean, f"{m}_lo": lo, f"{m}_hi": hi, f"{m}_n": n})

@@ -1,423 +1,259 @@
 """Figures of a store: each function draws one figure; ``write_all`` writes them all (PNG + SVG)
 with the tables behind them and an index (index.md, index.html) that shows them.
 
-Every figure is 1000×600 px (FIGSIZE at DPI) and carries, under its title, the sweep, the number
-of seeds and the capacity threshold. A figure whose data are missing (one width only, no
-retention points, …) is still written, with a "not enough data" note, and a figure that fails
-to draw is replaced by one that says why: one bad panel never costs the others.
-
-Matplotlib is used through ``matplotlib.figure.Figure`` (the Agg canvas), not pyplot: no global
-state, no display needed.
+Every figure is 1000×600 px and carries, under its title, the sweep, the number of seeds and the
+capacity threshold, and says how its intervals were made. Series are configurations: every
+trial parameter that varies except width (``analysis.groups``), so trials that differ in
+``heads`` or ``penalty_strength`` are never drawn as one. A figure whose data are missing is
+still written with a "not enough data" note, and a figure that fails to draw is replaced by one
+that says why: one bad panel never costs the others.
 """
 from __future__ import annotations
 
 import html
-import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import capacity as cap
+from analysis import groups as grp
 from analysis import metrics
-from analysis.query import load, load_trials
+from analysis import models as mdl
+from analysis import plots_paper
+from analysis import retention as ret
+from analysis import report_text as txt
+from analysis.figure_kit import (CI_NOTE, DPI, MAX_PANELS, PNG_SIZE, SEED_BAND, Analysis,
+                                 analyse, config_color, config_label, corner, curve, figure,
+                                 grid, note, not_enough, task_marks, width_colors)
 
-FIGSIZE = (10, 6)   # inches
-DPI = 100           # → 1000 × 600 px PNGs
-PNG_SIZE = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))  # (width, height)
-MAX_PANELS = 12
-
-PSP_ORDER = ("none", "binary", "complex", "onepower", "rotation")
-PSP_LABEL = {"none": "standard", "binary": "pspBinary", "complex": "pspComplex",
-             "onepower": "pspOnePower", "rotation": "pspRotation"}
-PSP_COLOR = {"none": "tab:orange", "binary": "tab:blue", "complex": "tab:green",
-             "onepower": "tab:red", "rotation": "tab:purple"}
-# PSP paper, Figure 3 (right): average accuracy (%) on the last 10 of 50 permuted-MNIST tasks.
-PAPER_TABLE = (("EWC", None, 97.0), ("SI", None, 97.2), ("Standard", "none", 61.8),
-               ("Binary", "binary", 97.6), ("Complex", "complex", 97.4),
-               ("OnePower", "onepower", 97.2))
+__all__ = ["FIGURES", "PNG_SIZE", "Analysis", "analyse", "write_all"]
 
 
-# ---- the data every figure draws from ----------------------------------------------------------
-@dataclass
-class Analysis:
-    """What the figures need, computed once from a store."""
-
-    tests: pd.DataFrame                 # test rows
-    summary: pd.DataFrame               # metrics.summarize
-    capacity: pd.DataFrame              # capacity.capacity_table (errors noted, not raised)
-    draws: pd.DataFrame
-    scaling: pd.DataFrame               # capacity.width_scaling
-    threshold: float
-    chance: float
-    sweep: str
-    trials: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    @property
-    def seeds(self) -> str:
-        """Seeds per (psp, units) group: "3", or "2–5" when groups differ."""
-        if self.tests.empty:
-            return "0"
-        counts = self.tests.groupby(["psp", "units"])["seed"].nunique()
-        lo, hi = int(counts.min()), int(counts.max())
-        return str(lo) if lo == hi else f"{lo}–{hi}"
-
-    def label(self) -> str:
-        return (f"sweep: {self.sweep} · seeds: {self.seeds} · threshold: {self.threshold:.0%} "
-                f"of just-trained accuracy")
-
-
-TEST_COLUMNS = ["sweep", "trial_id", "psp", "units", "depth", "tasks", "steps_per_task", "seed",
-                "dataset", "stream", "step", "split", "eval_task", "accuracy"]
-
-
-def analyse(store, *, threshold: float = cap.THRESHOLD, chance: float = cap.CHANCE,
-            n_boot: int = 200, seed: int = 0) -> Analysis:
-    """Load the test rows of ``store`` and compute the summary, capacity and width scaling."""
-    tests = load(store, split="test", columns=TEST_COLUMNS)
-    trials = load_trials(store)
-    summary = metrics.summarize(tests) if len(tests) else pd.DataFrame()
-    if len(tests):
-        table, draws = cap.capacity_table(tests, threshold=threshold, chance=chance,
-                                          n_boot=n_boot, seed=seed, errors="note",
-                                          return_draws=True)
-        scaling = cap.width_scaling(table, draws)
-    else:
-        table = draws = scaling = pd.DataFrame()
-    sweeps = sorted(str(s) for s in tests["sweep"].dropna().unique()) if len(tests) else []
-    sweep = ", ".join(sweeps) if sweeps else _store_name(store)
-    return Analysis(tests, summary, table, draws, scaling, threshold, chance, sweep, trials)
-
-
-def _store_name(store) -> str:
-    path = Path(str(store))
-    return path.parent.name if path.name == "results" else path.stem
-
-
-# ---- figure plumbing -------------------------------------------------------------------------
-def _figure(title: str, data: Analysis, layout: str | None = "constrained") -> Figure:
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout=layout)
-    fig.suptitle(f"{title}\n{data.label()}", fontsize=11)
-    return fig
-
-
-def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11,
-            color="0.35", wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _not_enough(fig: Figure, why: str) -> Figure:
-    _note(fig.add_subplot(1, 1, 1), f"not enough data: {why}")
-    return fig
-
-
-def _psps(values) -> list[str]:
-    present = set(values)
-    return [p for p in PSP_ORDER if p in present] + sorted(present - set(PSP_ORDER))
-
-
-def _grid(fig: Figure, n: int):
-    cols = min(n, 3) if n <= 6 else 4
-    rows = math.ceil(n / cols)
-    return [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
-
-
-def _seed_band(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """Mean, min and max of y over seeds at each x."""
-    return frame.groupby(x)[y].agg(["mean", "min", "max", "count"]).reset_index()
+def _series(frame: pd.DataFrame, keys: list[str]):
+    """(keys, rows, label, colour) per configuration in ``frame``."""
+    if not keys:
+        yield {}, frame, "all trials", "tab:blue"
+        return
+    for i, (values, rows) in enumerate(grp.groups(frame, keys)):
+        yield values, rows, config_label(values), config_color(values, i)
 
 
 # ---- the figures -----------------------------------------------------------------------------
 def fig_task0_by_width(data: Analysis) -> Figure:
-    """Task-0 test accuracy vs training step, a panel per width, a line per type (PSP Figure 2)."""
-    fig = _figure("Task-0 accuracy vs training step, by width (cf. PSP Figure 2)", data)
+    """Task-0 test accuracy vs training step, a panel per width, a line per configuration
+    (PSP Figure 2): the seed mean, with the min–max band over seeds."""
+    fig = figure("Task-0 accuracy vs training step, by width (cf. PSP Figure 2)", data, SEED_BAND)
     task0 = data.tests[data.tests["eval_task"] == 0] if len(data.tests) else data.tests
     if task0.empty:
-        return _not_enough(fig, "no task-0 test measurements")
+        return not_enough(fig, "no task-0 test measurements")
     widths = sorted(task0["units"].unique())[:MAX_PANELS]
-    axes = _grid(fig, len(widths))
+    axes = grid(fig, len(widths))
     for ax, units in zip(axes, widths):
         mine = task0[task0["units"] == units]
-        for psp in _psps(mine["psp"]):
-            _curve(ax, mine[mine["psp"] == psp], psp)
-        _task_marks(ax, mine)
+        for _, rows, label, color in _series(mine, data.config_keys):
+            curve(ax, rows, label, color)
+        task_marks(ax, mine)
         ax.set_title(f"{units} units", fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("task-0 accuracy (%)")
         ax.set_ylim(0, 100)
-    axes[0].legend(fontsize=8, loc="lower left")
+    axes[0].legend(fontsize=7, loc="lower left")
     if len(widths) == 1:
-        axes[0].text(0.99, 0.02, "one width only: not enough data for a comparison across widths",
-                     ha="right", va="bottom", transform=axes[0].transAxes, fontsize=8, color="0.35")
+        corner(axes[0], "one width only: not enough data for a comparison across widths")
     return fig
 
 
-def _curve(ax, frame: pd.DataFrame, psp: str) -> None:
-    band = _seed_band(frame, "step", "accuracy")
-    color = PSP_COLOR.get(psp)
-    ax.plot(band["step"], 100 * band["mean"], color=color, lw=1.4, label=PSP_LABEL.get(psp, psp))
-    if band["count"].max() > 1:
-        ax.fill_between(band["step"], 100 * band["min"], 100 * band["max"], color=color, alpha=0.2,
-                        lw=0)
-
-
-def _task_marks(ax, frame: pd.DataFrame) -> None:
-    """Light lines at task boundaries; a dotted red one after 10 tasks (as in the paper)."""
-    spt, tasks = int(frame["steps_per_task"].iloc[0]), int(frame["tasks"].max())
-    if tasks <= 20:
-        for t in range(1, tasks):
-            ax.axvline(t * spt, color="0.9", lw=0.6, zorder=0)
-    if tasks > 10:
-        ax.axvline(10 * spt, color="red", ls=":", lw=1.0)
-
-
 def fig_task0_by_type(data: Analysis, units: int | None = None) -> Figure:
-    """Task-0 accuracy vs step, a line per superposition type at one width (PSP Figure 3 left):
-    256 units as in the paper when present, else the widest."""
+    """Task-0 accuracy vs step, a line per configuration at one width (PSP Figure 3 left):
+    256 units as in the paper when present, else the widest; min–max band over seeds."""
     task0 = data.tests[data.tests["eval_task"] == 0] if len(data.tests) else data.tests
     if units is None and len(task0):
         widths = sorted(task0["units"].unique())
         units = 256 if 256 in widths else widths[-1]
-    fig = _figure(f"Task-0 accuracy by superposition type at {units} units "
-                  f"(cf. PSP Figure 3, left)", data)
+    fig = figure(f"Task-0 accuracy by superposition type at {units} units "
+                 f"(cf. PSP Figure 3, left)", data, SEED_BAND)
     mine = task0[task0["units"] == units] if len(task0) else task0
     if mine.empty:
-        return _not_enough(fig, "no task-0 test measurements")
+        return not_enough(fig, "no task-0 test measurements")
     ax = fig.add_subplot(1, 1, 1)
-    for psp in _psps(mine["psp"]):
-        _curve(ax, mine[mine["psp"] == psp], psp)
-    _task_marks(ax, mine)
+    for _, rows, label, color in _series(mine, data.config_keys):
+        curve(ax, rows, label, color)
+    task_marks(ax, mine)
     ax.set_xlabel("step")
     ax.set_ylabel("task-0 accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=9, loc="lower left")
+    ax.legend(fontsize=8, loc="lower left")
     if mine["psp"].nunique() == 1:
-        ax.text(0.99, 0.02, "one superposition type only: not enough data for a comparison",
-                ha="right", va="bottom", transform=ax.transAxes, fontsize=8, color="0.35")
+        corner(ax, "one superposition type only: not enough data for a comparison")
     return fig
 
 
 def fig_accuracy_matrix(data: Analysis) -> Figure:
-    """R[i, j] as a heatmap per (psp, units), averaged over seeds; blank where not evaluated."""
-    # Fixed margins: constrained layout over a dozen panels and a colorbar costs seconds.
-    fig = _figure("Accuracy matrix R[i, j]: accuracy on task j after training task i "
-                  "(mean over seeds)", data, layout=None)
+    """R[i, j] as a heatmap per group, the mean over seeds; blank where not evaluated. The
+    colour scale spans the accuracies shown (not 0–1), and small matrices print their values."""
+    fig = figure("Accuracy matrix R[i, j]: accuracy on task j after training task i "
+                 "(mean over seeds)", data, layout=None)
     if data.tests.empty:
-        return _not_enough(fig, "no test measurements")
+        return not_enough(fig, "no test measurements")
     groups = []
-    for (psp, units), frame in data.tests.groupby(["psp", "units"], sort=True):
+    for keys, frame in grp.groups(data.tests, data.by):
         per_trial = metrics.accuracy_matrix(frame)
         mean = (per_trial.groupby(level="trained").mean() if per_trial.index.nlevels > 1
                 else per_trial)
-        groups.append((psp, units, mean))
-    order = _psps([g[0] for g in groups])
-    groups.sort(key=lambda g: (order.index(g[0]), g[1]))
+        groups.append((keys, mean))
     shown = groups[:MAX_PANELS]
-    axes = _grid(fig, len(shown))
+    values = np.concatenate([R.to_numpy(dtype=float).ravel() for _, R in shown])
+    vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
+    if vmax - vmin < 0.01:  # a flat matrix still needs a scale
+        vmin, vmax = vmin - 0.005, vmax + 0.005
+    axes = grid(fig, len(shown))
+    # Fixed margins: constrained layout over a dozen panels and a colorbar costs seconds.
     fig.subplots_adjust(left=0.06, right=0.89, top=0.86, bottom=0.08, wspace=0.35, hspace=0.5)
     image = None
-    for ax, (psp, units, R) in zip(axes, shown):
-        values = np.ma.masked_invalid(R.to_numpy(dtype=float))
-        image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", origin="upper",
-                          interpolation="nearest", aspect="auto")
-        ax.set_title(f"{PSP_LABEL.get(psp, psp)}, {units} units", fontsize=9)
+    print_values = max(R.shape[0] for _, R in shown) <= 8 and len(shown) <= 6
+    for ax, (keys, R) in zip(axes, shown):
+        matrix = R.to_numpy(dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(matrix), vmin=vmin, vmax=vmax, cmap="viridis",
+                          origin="upper", interpolation="nearest", aspect="auto")
+        ax.set_title(f"{config_label(keys)}, {keys.get('units')} units", fontsize=8)
         ax.set_xlabel("task j", fontsize=8)
         ax.set_ylabel("after training task i", fontsize=8)
         ax.tick_params(labelsize=7)
-        if R.shape[0] <= 6 and len(shown) <= 6:
-            for (i, j), v in np.ndenumerate(R.to_numpy(dtype=float)):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+        if print_values:
+            for (i, j), v in np.ndenumerate(matrix):
+                if np.isfinite(v):  # dark text on the bright end of viridis
+                    light = (v - vmin) / (vmax - vmin) < 0.6
+                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                            color="w" if light else "k")
     if image is not None:
-        fig.colorbar(image, cax=fig.add_axes((0.91, 0.15, 0.015, 0.65)), label="accuracy")
+        fig.colorbar(image, cax=fig.add_axes((0.91, 0.15, 0.015, 0.65)),
+                     label="accuracy (scale: min–max of the data shown)")
     if len(groups) > len(shown):
         axes[-1].text(1.0, -0.25, f"first {len(shown)} of {len(groups)} groups",
                       transform=axes[-1].transAxes, ha="right", fontsize=8)
+    if print_values:
+        corner(axes[-1], "values: accuracy (%)", y=-0.3)
     return fig
 
 
 def fig_retention_fit(data: Analysis) -> Figure:
-    """Retention points z = (a − c)/(A − c) vs tasks stored after, with the fitted
-    z(n) = (1 + n/κ)^(−1/2) per width and the threshold z*; a panel per type."""
-    fig = _figure("Retention of earlier tasks vs tasks stored after them, with the fitted "
-                  "model z(n) = (1 + n/κ)^(−1/2)", data)
-    if data.tests.empty:
-        return _not_enough(fig, "no test measurements")
-    psps = _psps(data.tests["psp"].unique())[:6]
-    axes = _grid(fig, len(psps))
-    table = data.capacity.set_index(["psp", "units"]) if len(data.capacity) else None
-    for ax, psp in zip(axes, psps):
-        frame = data.tests[data.tests["psp"] == psp]
+    """Retention points z = (a − c)/(A − c) vs tasks stored after, with each width's fitted
+    curve (the family chosen by held-out error): solid over the tasks measured, dashed where it
+    extrapolates; dotted: the threshold z*. A panel per configuration."""
+    fig = figure("Retention of earlier tasks vs tasks stored after them, with the fitted curve",
+                 data, "solid: fitted range · dashed: extrapolation · dotted: threshold z*")
+    if data.tests.empty or data.capacity.empty:
+        return not_enough(fig, "no test measurements")
+    configs = list(_series(data.tests, data.config_keys))[:6]
+    axes = grid(fig, len(configs))
+    for ax, (keys, frame, label, _) in zip(axes, configs):
         widths = sorted(frame["units"].unique())
-        colors = _width_colors(widths)
+        colors = width_colors(widths)
         drawn = False
         for units in widths:
-            points = cap.retention_points(frame[frame["units"] == units], data.chance)
-            known = table is not None and (psp, units) in table.index
-            row = table.loc[(psp, units)] if known else None
-            if points.empty or row is None or row["status"] == "insufficient":
+            row = _capacity_row(data, {**keys, "units": units})
+            if row is None or row["status"] == "insufficient":
                 continue
-            fitted = cap.fit_retention(points, data.chance)
-            later = fitted["points"][fitted["points"]["n"] > 0]
-            ax.scatter(later["n"], later["z"], s=6, alpha=0.35, color=colors[units], lw=0)
-            n_max = max(float(later["n"].max()), 1.0)
-            # Extend the curve to its threshold crossing when that is not far beyond the data.
+            points = ret.retention_points(frame[frame["units"] == units], data.chance)
+            model = mdl.fit_points(points, data.chance, row["family"])
+            later = model.points[model.points["n"] > 0]
+            b = model.fit.b[later["unit"].to_numpy()]
+            ax.scatter(later["n"], (later["accuracy"] - data.chance) / b, s=5, alpha=0.3,
+                       color=colors[units], lw=0)
+            n_max = float(later["n"].max())
             reach = row["K_star"] * 1.1 if np.isfinite(row["K_star"]) else 0.0
-            grid = np.linspace(0, min(max(n_max * 1.5, reach), n_max * 5), 200)
-            ax.plot(grid, cap.retention_model(grid, row["kappa"]), color=colors[units], lw=1.5,
-                    label=f"{units} units: κ={row['kappa']:.3g}, K*={_fmt_k(row)}")
+            far = min(max(n_max * 1.5, reach), n_max * 5)
+            inside, beyond = np.linspace(0, n_max, 100), np.linspace(n_max, far, 100)
+            shape = lambda n: model.family.shape(n, *model.fit.theta)  # noqa: E731
+            ax.plot(inside, shape(inside), color=colors[units], lw=1.5,
+                    label=f"{units}: {row['family']}, K* {txt.num(row['K_star'])}, "
+                          f"K̂ {txt.k_hat_text(row).split(' [')[0]}")
+            ax.plot(beyond, shape(beyond), color=colors[units], lw=1.2, ls="--")
             ax.axhline(row["z_star"], color=colors[units], ls=":", lw=0.8)
             drawn = True
-        ax.set_title(PSP_LABEL.get(psp, psp), fontsize=10)
-        ax.set_xlabel("tasks stored after the task (n)")
-        ax.set_ylabel("z = (a − chance) / (A − chance)")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("tasks stored after the task (n)", fontsize=8)
+        ax.set_ylabel("z = (a − chance) / (A − chance)", fontsize=8)
         if drawn:
-            low = min(ax.get_ylim()[0], float(table.loc[psp]["z_star"].min()) - 0.01)
-            ax.set_ylim(low, ax.get_ylim()[1])  # keep the threshold lines in view
-            ax.legend(fontsize=7, loc="lower left")
-            ax.text(0.99, 0.98, f"dotted: threshold z* ({data.threshold:.0%} of A)",
-                    ha="right", va="top", transform=ax.transAxes, fontsize=7, color="0.35")
+            ax.legend(fontsize=6, loc="lower left")
         else:
-            _note(ax, "not enough data: fewer than 3 retention points")
+            note(ax, "not enough data: fewer than 3 retention points")
     return fig
 
 
-def _width_colors(widths) -> dict:
-    from matplotlib import colormaps
-
-    cmap = colormaps["plasma"]
-    return {w: cmap(0.1 + 0.75 * i / max(len(widths) - 1, 1)) for i, w in enumerate(widths)}
-
-
-def _fmt_k(row) -> str:
-    k = row["K_star"]
-    if not np.isfinite(k):
-        return "∞"
-    return f"{k:.3g}" + (" (extrap.)" if row["status"] == "extrapolated" else "")
+def _capacity_row(data: Analysis, keys: dict):
+    rows = grp.matching(data.capacity, keys)
+    return rows.iloc[0] if len(rows) else None
 
 
 def fig_capacity_scaling(data: Analysis) -> Figure:
-    """K* vs width per type on log-log axes: bootstrap intervals, hollow markers where K* is
-    extrapolated, and the power-law fit K* = A·units^α with its interval."""
-    fig = _figure("Capacity K* (tasks storable before falling below threshold) vs width", data)
+    """K* (model) and K̂ (Kaplan–Meier, data) vs width per configuration on log-log axes:
+    filled markers interpolated, hollow extrapolated, crosses K̂ (a censored K̂ is drawn at its
+    follow-up with an arrow up); the power-law fit K* = A·units^α with its interval."""
+    fig = figure("Capacity vs width: K* (model) and K̂ (data)", data, CI_NOTE)
     table = data.capacity
     if table.empty or not np.isfinite(table["K_star"].astype(float)).any():
-        return _not_enough(fig, "no (psp, units) group with a finite K*")
+        return not_enough(fig, "no group with a finite K*")
     ax = fig.add_subplot(1, 1, 1)
-    scaling = data.scaling.set_index("psp") if len(data.scaling) else pd.DataFrame()
-    for psp in _psps(table["psp"].unique()):
-        rows = table[(table["psp"] == psp) & np.isfinite(table["K_star"].astype(float))
-                     & (table["K_star"] > 0)].sort_values("units")
-        if rows.empty:
-            continue
-        color = PSP_COLOR.get(psp)
-        units = rows["units"].to_numpy(dtype=float)
-        k = rows["K_star"].to_numpy(dtype=float)
-        lo = np.clip(k - rows["K_lo"].to_numpy(dtype=float), 0, None)
-        hi = np.clip(rows["K_hi"].to_numpy(dtype=float) - k, 0, None)
-        hi = np.where(np.isfinite(hi), hi, 0)
-        ax.errorbar(units, k, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], fmt="none",
-                    ecolor=color, elinewidth=1, capsize=3)
-        extrap = rows["extrapolated"].to_numpy(dtype=bool)
+    scaling = data.scaling
+    for i, (keys, rows, label, color) in enumerate(_series(table, data.config_keys)):
+        rows = rows.sort_values("units")
+        finite = rows[np.isfinite(rows["K_star"].astype(float)) & (rows["K_star"] > 0)]
+        units = finite["units"].to_numpy(dtype=float)
+        k = finite["K_star"].to_numpy(dtype=float)
+        lo = np.nan_to_num(np.clip(k - finite["K_lo"].to_numpy(dtype=float), 0, None))
+        hi = np.nan_to_num(np.clip(finite["K_hi"].to_numpy(dtype=float) - k, 0, None),
+                           posinf=0.0)
+        ax.errorbar(units, k, yerr=[lo, hi], fmt="none", ecolor=color, elinewidth=1, capsize=3)
+        extrap = finite["extrapolated"].to_numpy(dtype=bool)
         ax.scatter(units[~extrap], k[~extrap], color=color, s=30, zorder=3)
         ax.scatter(units[extrap], k[extrap], facecolors="none", edgecolors=color, s=30, zorder=3)
-        label = PSP_LABEL.get(psp, psp)
-        if psp in scaling.index and np.isfinite(scaling.loc[psp, "alpha"]):
-            s = scaling.loc[psp]
-            grid = np.geomspace(units.min(), units.max(), 50)
-            ax.plot(grid, s["prefactor"] * grid ** s["alpha"], color=color, lw=1.2)
+        hat = rows[rows["K_hat"].notna()]
+        censored = np.isinf(hat["K_hat"].astype(float)).to_numpy()
+        y = np.where(censored, hat["K_hat_follow_up"], hat["K_hat"]).astype(float)
+        ax.scatter(hat["units"] * 1.04, y, marker="x", color=color, s=25, zorder=3)
+        for u, v in zip(hat["units"][censored], y[censored]):
+            ax.annotate("", (u * 1.04, v * 1.5), (u * 1.04, v),
+                        arrowprops={"arrowstyle": "->", "color": color, "lw": 0.8})
+        legend = f"{label}: " + _alpha_text(scaling, keys)
+        s = _scaling_row(scaling, keys)
+        if s is not None and np.isfinite(s["alpha"]) and len(units) >= 2:
+            line = np.geomspace(units.min(), units.max(), 50)
+            ax.plot(line, s["prefactor"] * line ** s["alpha"], color=color, lw=1.2)
             if np.isfinite(s["alpha_lo"]):
-                # The band pivots at the geometric mean width, where the fit is best determined.
                 pivot = float(np.exp(np.mean(np.log(units))))
                 k_pivot = s["prefactor"] * pivot ** s["alpha"]
-                a = k_pivot * (grid / pivot) ** s["alpha_lo"]
-                b = k_pivot * (grid / pivot) ** s["alpha_hi"]
-                ax.fill_between(grid, np.minimum(a, b), np.maximum(a, b), color=color, alpha=0.15,
-                                lw=0)
-                label += f": α = {s['alpha']:.2f} [{s['alpha_lo']:.2f}, {s['alpha_hi']:.2f}]"
-            else:
-                label += f": α = {s['alpha']:.2f} (no interval)"
-        else:
-            label += " (one width: no fit)"
-        ax.plot([], [], color=color, marker="o", label=label)
+                a = k_pivot * (line / pivot) ** s["alpha_lo"]
+                b = k_pivot * (line / pivot) ** s["alpha_hi"]
+                ax.fill_between(line, np.minimum(a, b), np.maximum(a, b), color=color,
+                                alpha=0.15, lw=0)
+        ax.plot([], [], color=color, marker="o", label=legend)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("units per hidden layer")
-    ax.set_ylabel("K* (tasks)")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.text(0.99, 0.02, "hollow: extrapolated beyond the tasks run; bars: bootstrap 95% interval",
-            ha="right", va="bottom", transform=ax.transAxes, fontsize=8, color="0.35")
-    never = table[~np.isfinite(table["K_star"].astype(float)) & (table["status"] == "never")]
-    if len(never):
-        names = ", ".join(f"{PSP_LABEL.get(p, p)}@{u}"
-                          for p, u in zip(never["psp"], never["units"]))
-        ax.text(0.99, 0.08, f"no decay measured (K* = ∞): {names}", ha="right", va="bottom",
-                transform=ax.transAxes, fontsize=8, color="0.35")
+    ax.set_ylabel("tasks stored before an earlier one falls below threshold")
+    ax.legend(fontsize=7, loc="upper left")
+    corner(ax, "● K* interpolated · ○ K* extrapolated · × K̂ (↑ censored: beyond the follow-up)"
+               " · bars: 95% interval")
     return fig
 
 
-def paper_table(data: Analysis) -> pd.DataFrame:
-    """The paper's table (average accuracy on the last 10 of 50 tasks) beside ours: our
-    ACC over the last min(10, T) tasks at the widest width of each type, mean over seeds with a
-    t interval."""
-    ours = pd.DataFrame()
-    if len(data.summary):
-        widest = data.summary[data.summary["units"] == data.summary.groupby("psp")["units"]
-                              .transform("max")]
-        ours = metrics.aggregate(widest, by=["psp", "units"], metrics=["acc_last10"])
-        ours = ours.set_index("psp")
-    tasks = int(data.summary["tasks"].max()) if len(data.summary) else None
-    rows = []
-    known = {psp for _, psp, _ in PAPER_TABLE if psp}
-    entries = list(PAPER_TABLE) + [(PSP_LABEL.get(p, p), p, None) for p in
-                                   (ours.index if len(ours) else []) if p not in known]
-    for method, psp, paper in entries:
-        row = {"method": method, "psp": psp, "paper_pct": paper, "ours_pct": np.nan,
-               "ours_lo_pct": np.nan, "ours_hi_pct": np.nan, "units": np.nan, "seeds": 0,
-               "tasks": tasks}
-        if psp is not None and psp in ours.index:
-            r = ours.loc[psp]
-            row.update(ours_pct=100 * r["acc_last10_mean"], ours_lo_pct=100 * r["acc_last10_lo"],
-                       ours_hi_pct=100 * r["acc_last10_hi"], units=r["units"],
-                       seeds=int(r["acc_last10_n"]))
-        rows.append(row)
-    return pd.DataFrame(rows)
+def _scaling_row(scaling: pd.DataFrame, keys: dict):
+    rows = grp.matching(scaling, keys) if len(scaling) else scaling
+    return rows.iloc[0] if len(rows) else None
 
 
-def fig_paper_table(data: Analysis) -> Figure:
-    """The paper's table beside ours, drawn as a table."""
-    fig = _figure("Average accuracy on the last 10 tasks: PSP paper (50 tasks, permuted MNIST) "
-                  "vs this sweep", data)
-    table = paper_table(data)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.axis("off")
-    tasks = table["tasks"].dropna()
-    k = min(10, int(tasks.iloc[0])) if len(tasks) else 10
-    n_tasks = int(tasks.iloc[0]) if len(tasks) else "?"
-    header = ["method", "paper (%)", "ours (%)", "ours: 95% interval", "ours: units", "ours: seeds"]
-    cells = []
-    for r in table.itertuples():
-        ours = "—" if not np.isfinite(r.ours_pct) else f"{r.ours_pct:.1f}"
-        interval = ("—" if not np.isfinite(r.ours_lo_pct)
-                    else f"[{r.ours_lo_pct:.1f}, {r.ours_hi_pct:.1f}]")
-        paper = "—" if r.paper_pct is None or pd.isna(r.paper_pct) else f"{r.paper_pct:.1f}"
-        units = "—" if pd.isna(r.units) else str(int(r.units))
-        cells.append([r.method, paper, ours, interval, units, str(r.seeds) if r.seeds else "—"])
-    drawn = ax.table(cellText=cells, colLabels=header, loc="center", cellLoc="center")
-    drawn.auto_set_font_size(False)
-    drawn.set_fontsize(10)
-    drawn.scale(1.0, 1.6)
-    ax.text(0.5, 0.02, f"paper: last 10 of 50 tasks, EWC and SI from Zenke et al.; ours: last "
-            f"{k} of {n_tasks} tasks at the widest width of each type, mean over seeds "
-            f"(t interval, needs ≥ 2 seeds); —: not run",
-            ha="center", va="bottom", transform=ax.transAxes, fontsize=8, color="0.35")
-    return fig
+def _alpha_text(scaling: pd.DataFrame, keys: dict) -> str:
+    s = _scaling_row(scaling, keys)
+    if s is None or not np.isfinite(s["alpha"]):
+        return "no fit (" + (s["note"] if s is not None else "one width") + ")"
+    if np.isfinite(s["alpha_lo"]):
+        return (f"α = {s['alpha']:.2f} [{s['alpha_lo']:.2f}, {s['alpha_hi']:.2f}], "
+                f"{s['alpha_vs_theory']}")
+    return f"α = {s['alpha']:.2f} (no interval: {s['n_widths']} widths)"
 
 
 FIGURES: tuple[tuple[str, str, Callable[[Analysis], Figure]], ...] = (
@@ -426,9 +262,12 @@ FIGURES: tuple[tuple[str, str, Callable[[Analysis], Figure]], ...] = (
      fig_task0_by_type),
     ("accuracy_matrix", "Accuracy matrix heatmaps", fig_accuracy_matrix),
     ("retention_fit", "Retention curves with the fitted model", fig_retention_fit),
-    ("capacity_scaling", "Capacity K* vs width (log-log) with the power-law fit",
+    ("capacity_scaling", "Capacity K* and K̂ vs width (log-log) with the power-law fit",
      fig_capacity_scaling),
-    ("paper_table", "Average accuracy on the last 10 tasks: paper vs ours", fig_paper_table),
+    ("paper_table", "Average accuracy on the last 10 tasks: paper vs ours",
+     plots_paper.fig_paper_table),
+    ("icifar", "Incremental CIFAR: per-task accuracy, superposed vs multihead (Figure 6b)",
+     plots_paper.fig_icifar),
 )
 
 
@@ -446,12 +285,12 @@ def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
 
 
 def _failed(data: Analysis, title: str, exc: BaseException) -> Figure:
-    fig = _figure(title, data)
-    _note(fig.add_subplot(1, 1, 1), f"could not draw this figure: {type(exc).__name__}: {exc}")
+    fig = figure(title, data)
+    note(fig.add_subplot(1, 1, 1), f"could not draw this figure: {type(exc).__name__}: {exc}")
     return fig
 
 
-def write_all(store, out_dir, threshold: float = cap.THRESHOLD, *, chance: float = cap.CHANCE,
+def write_all(store, out_dir, threshold: float = 0.9, *, chance: float = ret.CHANCE,
               n_boot: int = 200, seed: int = 0) -> list[Path]:
     """Every figure (PNG + SVG), the tables behind them (CSV; capacity also Parquet) and
     index.md / index.html under ``out_dir``. Returns the paths written, figures first."""
@@ -461,15 +300,15 @@ def write_all(store, out_dir, threshold: float = cap.THRESHOLD, *, chance: float
     written: list[Path] = []
     entries = []
     for name, title, draw in FIGURES:
-        note = ""
+        problem = ""
         try:
             fig = draw(data)
         except Exception as exc:  # noqa: BLE001 — one figure's failure must not cost the rest
             warnings.warn(f"figure {name}: {type(exc).__name__}: {exc}", RuntimeWarning,
                           stacklevel=2)
-            fig, note = _failed(data, title, exc), f"could not draw: {type(exc).__name__}: {exc}"
+            fig, problem = _failed(data, title, exc), f"could not draw: {type(exc).__name__}: {exc}"
         written += save(fig, out, name)
-        entries.append((name, title, _caption(draw), note))
+        entries.append((name, title, _caption(draw), problem))
     tables = _write_tables(data, out)
     written += tables
     written += _write_index(data, out, entries, tables)
@@ -483,9 +322,11 @@ def _caption(draw: Callable) -> str:
 
 def _write_tables(data: Analysis, out: Path) -> list[Path]:
     paths = []
-    frames = {"summary": data.summary, "aggregate": (metrics.aggregate(data.summary)
-                                                    if len(data.summary) else pd.DataFrame()),
-              "capacity": data.capacity, "scaling": data.scaling, "paper_table": paper_table(data)}
+    frames = {"summary": data.summary,
+              "aggregate": (metrics.aggregate(data.summary, by=data.by)
+                            if len(data.summary) else pd.DataFrame()),
+              "capacity": data.capacity, "scaling": data.scaling,
+              "paper_table": plots_paper.paper_table(data)}
     for name, frame in frames.items():
         paths.append(out / f"{name}.csv")
         frame.to_csv(paths[-1], index=False)
@@ -495,16 +336,17 @@ def _write_tables(data: Analysis, out: Path) -> list[Path]:
     return paths
 
 
-def _capacity_markdown(data: Analysis) -> str:
+def capacity_markdown(data: Analysis) -> str:
+    """K* and K̂ per group as a markdown table, with the curve chosen and their agreement."""
     if data.capacity.empty:
         return "_no capacity estimates: no test measurements_\n"
-    lines = ["| psp | units | K* | 95% interval | status | seeds | note |",
-             "|---|---|---|---|---|---|---|"]
-    for r in data.capacity.itertuples():
-        k = "—" if pd.isna(r.K_star) else ("∞" if np.isinf(r.K_star) else f"{r.K_star:.3g}")
-        interval = "—" if pd.isna(r.K_lo) else f"[{r.K_lo:.3g}, {r.K_hi:.3g}]"
-        lines.append(f"| {r.psp} | {r.units} | {k} | {interval} | {r.status} | {r.n_seeds} | "
-                     f"{r.note or ''} |")
+    lines = ["| group | seeds | K* (model) | K̂ (data) | agreement | curve | γ̂ vs 1/2 | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in data.capacity.to_dict("records"):
+        group = grp.label({k: r[k] for k in data.by})
+        lines.append(f"| {group} | {r['n_seeds']} | {txt.k_star_text(r)} | {txt.k_hat_text(r)} "
+                     f"| {r.get('agreement') or '—'} | {r.get('family') or '—'} "
+                     f"| {r.get('gamma_vs_theory') or '—'} | {r.get('note') or ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -512,16 +354,16 @@ def _write_index(data: Analysis, out: Path, entries, tables: list[Path]) -> list
     md = [f"# psplab figures — {data.sweep}", "", data.label(), ""]
     body = [f"<h1>psplab figures — {html.escape(data.sweep)}</h1>",
             f"<p>{html.escape(data.label())}</p>"]
-    for name, title, caption, note in entries:
+    for name, title, caption, problem in entries:
         md += [f"## {title}", "", f"![{title}]({name}.png)", "", caption, ""]
         body += [f"<h2>{html.escape(title)}</h2>",
                  f'<img src="{name}.png" alt="{html.escape(title)}" width="{PNG_SIZE[0]}">',
                  f'<p>{html.escape(caption)} (<a href="{name}.svg">SVG</a>)</p>']
-        if note:
-            md += [f"**{note}**", ""]
-            body.append(f"<p><strong>{html.escape(note)}</strong></p>")
+        if problem:
+            md += [f"**{problem}**", ""]
+            body.append(f"<p><strong>{html.escape(problem)}</strong></p>")
         md += [f"[SVG]({name}.svg)", ""]
-    md += ["## Capacity estimates", "", _capacity_markdown(data), "## Tables", ""]
+    md += ["## Capacity estimates", "", capacity_markdown(data), "## Tables", ""]
     md += [f"- [{p.name}]({p.name})" for p in tables]
     body.append("<h2>Capacity estimates</h2>")
     body.append(data.capacity.to_html(index=False, na_rep="—", float_format=lambda v: f"{v:.3g}")

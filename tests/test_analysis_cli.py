@@ -54,3 +54,13 @@ def test_results_through_the_psp_entry_point(store_root, psp):
     assert ok.returncode == 0 and "synth-complex-64-s0" in ok.stdout, ok.stderr
     bad = psp("results", str(store_root / "nope"), timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
+
+
+def test_results_capacity_puts_k_hat_beside_k_star(store_root, capsys):
+    assert main(["results", str(store_root), "--capacity", "--n-boot", "10"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("capacity at θ = 90%")[1].splitlines()
+    assert "K* (model)" in table[1] and "K̂ (data)" in table[1] and "agreement" in table[1]
+    rows = [line for line in table[2:] if line.strip()]
+    assert len(rows) == 6   # psp × units: one seed each
+    assert all("no interval (1 seed)" in line or "insufficient" in line for line in rows), rows

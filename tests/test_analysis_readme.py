@@ -99,5 +99,11 @@ def test_the_readme_capacity_snippet_runs_against_a_real_store(real_store):
     namespace: dict = {}
     exec(snippet.replace('"results/sweeps/demo"', repr(str(real_store.parent))), namespace)
     cap = namespace["cap"]
-    assert set(cap.psp) == {"binary", "none"} and (cap.K_star > 0).all(), cap
+    measured = cap[cap.status != "insufficient"]
+    assert set(measured.psp) == {"binary", "none"} and (measured.K_star > 0).all(), cap
+    # The trial that diverged at once (lr 1e12) is its own group, counted, not dropped.
+    [lost] = cap[cap.lr == 1e12].itertuples()
+    assert lost.n_diverged == 1 and "diverged before any" in lost.note, cap
+    summary = namespace["summary"]
+    assert summary.loc[summary.trial_id == "tiny-diverged", "status"].tolist() == ["diverged"]
     assert {"tiny-binary", "tiny-none"} <= set(namespace["summary"].trial_id)

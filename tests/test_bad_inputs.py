@@ -170,6 +170,21 @@ ORCHESTRATOR_CASES = [
     Case("plots-missing-store", ("plots", "{tmp}/nonexistent", "--out", "{tmp}/figures"),
          "{tmp}/nonexistent"),
     Case("data-download-unknown", ("data", "download", "imagenet"), "imagenet"),
+    # ---- psp capacity ---------------------------------------------------------------------------
+    Case("capacity-backtest-missing-store", ("capacity", "backtest", "{tmp}/nonexistent"),
+         "{tmp}/nonexistent"),
+    Case("capacity-backtest-fit-tasks-one", ("capacity", "backtest", "{tmp}/store",
+                                             "--fit-tasks", "1"), "--fit-tasks 1"),
+    Case("capacity-backtest-fit-tasks-all", ("capacity", "backtest", "{tmp}/store",
+                                             "--fit-tasks", "1000"), "--fit-tasks 1000",
+         imports="arrow"),
+    Case("capacity-backtest-bad-where", ("capacity", "backtest", "{tmp}/store", "--where",
+                                         "units >>> 3"), "--where", imports="arrow"),
+    Case("capacity-backtest-bad-family", ("capacity", "backtest", "{tmp}/store", "--family",
+                                          "cubic"), "--family"),
+    Case("capacity-report-no-out", ("capacity", "report", "{tmp}/store"), "--out"),
+    Case("capacity-report-bad-seeds", ("capacity", "report", "{tmp}/store", "--out",
+                                       "{tmp}/study", "--dev-seeds", "zero"), "--dev-seeds"),
 ]
 
 
