@@ -138,3 +138,110 @@ def test_first_recorded_loss_is_cross_entropy_of_the_real_logits_alone_and_packe
     train_packed(cfgs, [lambda t, r, mine=mine: mine.extend(r) for mine in chunks])
     for rows, want in zip(chunks, expected):
         assert first_loss(rows) == pytest.approx(want, rel=1e-4)
+
+
+# ---- permuted tasks: task t trains and tests on permutation t ------------------------------
+D = 784
+
+
+def probe_dataset(n_train: int = 48, n_test: int = 16) -> Dataset:
+    """Pixel j of image n holds n + j/1024 (exact in float32): any row the network is fed
+    names its image (the integer part) and where each of its pixels came from (the fraction)."""
+    where = torch.arange(D, dtype=torch.float32).div(1024)                     # (D,)
+
+    def images(n: int) -> torch.Tensor:
+        return (torch.arange(n, dtype=torch.float32)[:, None] + where).view(n, 1, 28, 28)
+
+    return Dataset("probe", images(n_train), torch.arange(n_train) % 10, images(n_test),
+                   torch.arange(n_test) % 10)
+
+
+def decode(x: torch.Tensor) -> tuple[list[int], tuple[int, ...]]:
+    """Rows x (N, D) fed unscaled (input_norm 'unit') → (image of each row, the pixel order
+    common to every row: position i holds source pixel order[i])."""
+    image = x.floor()
+    source = ((x - image) * 1024).round().long()                             # (N, D)
+    assert (source == source[0]).all(), "rows of one forward carry different permutations"
+    return image[:, 0].long().tolist(), tuple(source[0].tolist())
+
+
+IDENTITY = tuple(range(D))
+
+
+def stream_orders(seed: int, tasks: int) -> dict[int, tuple[int, ...]]:
+    """Each task's pixel order, read off a PermutedStream's train and test sets (which must
+    agree, keep every image in its row and leave the labels alone)."""
+    probe = probe_dataset()
+    stream = build_stream(TrialConfig(seed=seed, input_norm="unit"), probe)
+    orders = {}
+    for task in range(tasks):
+        (x, y), (x_test, y_test) = stream.train_set(task), stream.test_set(task)
+        images, order = decode(x)
+        test_images, test_order = decode(x_test)
+        assert images == list(range(len(probe.train_y))) and test_images == list(range(16))
+        assert torch.equal(y, probe.train_y) and torch.equal(y_test, probe.test_y)
+        assert test_order == order, f"task {task}: trained on one permutation, tested on another"
+        assert sorted(order) == list(IDENTITY), f"task {task}: not a permutation of the pixels"
+        orders[task] = order
+    return orders
+
+
+def test_each_task_has_its_own_permutation_the_same_for_the_same_seed_and_task():
+    first = {seed: stream_orders(seed, tasks=6) for seed in (0, 1)}
+    for seed, orders in first.items():
+        assert orders[0] == IDENTITY                                   # task 0: the plain image
+        assert len(set(orders.values())) == 6, f"seed {seed}: tasks share a permutation"
+        assert stream_orders(seed, tasks=6) == orders                  # same (seed, task), same
+    assert all(first[0][t] != first[1][t] for t in range(1, 6))        # seeds draw their own
+    # on real digits, the standardised pixels of task t are those of task 0, moved
+    mnist = load_dataset("mnist5k")
+    stream = build_stream(TrialConfig(seed=3, test_examples=50), mnist)
+    plain = stream.test_set(0)[0]                                      # (50, D)
+    assert torch.equal(plain, ((mnist.test_x[:50] - 0.1307) / 0.3081).flatten(1))
+    for task in (1, 2):
+        moved = stream.test_set(task)[0]
+        assert torch.equal(moved.sort(1).values, plain.sort(1).values) and not torch.equal(moved, plain)
+
+
+def record_inputs(forward, calls: list):
+    """Wrap a forward(x, context(s)) to keep a copy of every input it is given."""
+    def recording(self, x, contexts):
+        calls.append((getattr(self, "training", True), contexts, x.detach().clone()))
+        return forward(self, x, contexts)
+    return recording
+
+
+def test_train_feeds_task_t_permutation_t_in_training_and_in_evaluation(monkeypatch):
+    """What the network is fed under context t (= task t) in train(): the probe images in the
+    pixel order of task t, for its training steps and its tests alike."""
+    monkeypatch.setattr(loop, "load_dataset", lambda name, data_dir=None: probe_dataset())
+    calls: list = []
+    monkeypatch.setattr(SuperposedMLP, "forward", record_inputs(SuperposedMLP.forward, calls))
+    cfg = TrialConfig(psp="binary", seed=2, units=8, tasks=4, steps_per_task=4, eval_every=2,
+                      batch_size=8, input_norm="unit", threads=1)
+    train(cfg, lambda task, rows: None)
+    seen: dict[tuple[bool, int], set] = {}
+    for training, context, x in calls:
+        seen.setdefault((training, context), set()).add(decode(x)[1])
+    assert sorted(seen) == [(mode, t) for mode in (False, True) for t in range(4)]
+    expected = stream_orders(2, tasks=4)
+    for (training, task), orders in seen.items():
+        assert orders == {expected[task]}, ("training" if training else "testing", task)
+
+
+def test_train_packed_feeds_each_member_its_own_seeds_permutations(monkeypatch):
+    monkeypatch.setattr(packed, "load_dataset", lambda name, data_dir=None: probe_dataset())
+    calls: list = []
+    monkeypatch.setattr(PackedMLP, "forward", record_inputs(PackedMLP.forward, calls))
+    seeds = (0, 1, 0)
+    cfgs = [TrialConfig(psp="binary", seed=s, units=8, tasks=3, steps_per_task=4, eval_every=2,
+                        batch_size=8, input_norm="unit", threads=1) for s in seeds]
+    train_packed(cfgs, [lambda task, rows: None] * 3)
+    expected = {s: stream_orders(s, tasks=3) for s in set(seeds)}
+    blocks = 0
+    for _, contexts, x in calls:                                     # x (P, T, N, D)
+        for p, seed in enumerate(seeds):
+            for t, task in enumerate(contexts):
+                assert decode(x[p, t])[1] == expected[seed][task], (p, seed, task)
+                blocks += 1
+    assert blocks >= 3 * (3 * 4 + 3)          # every step and test of every task, per member
