@@ -36,6 +36,28 @@ def test_records_follow_the_schema_and_schedule():
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
 
 
+@pytest.mark.parametrize("schedule", [
+    dict(eval_every=0),                      # task boundaries only: the accuracy matrix
+    dict(eval_every=2, eval_all_every=5),    # every seen task mid-task too: steps 5 and 10
+])
+@pytest.mark.parametrize("packed", [False, True], ids=["alone", "packed"])
+def test_rows_are_exactly_the_documented_schedule(schedule, packed, measurements):
+    """conftest.expected_measurements writes the README's rule out independently of the loop."""
+    from trainables.packed import train_packed
+
+    cfg = TrialConfig(**{**TINY, "units": 8, "tasks": 3, "steps_per_task": 4, "batch_size": 16,
+                         "test_examples": 50, **schedule})
+    rows = []
+    if packed:
+        train_packed([cfg, cfg.model_copy(update={"seed": 1})], [lambda t, r: rows.extend(r),
+                                                                 lambda t, r: None])
+    else:
+        train(cfg, lambda task, chunk: rows.extend(chunk))
+    got = [(r["step"], r["split"], r["eval_task"]) for r in rows]
+    assert len(got) == len(set(got))
+    assert set(got) == measurements(cfg)
+
+
 @pytest.mark.parametrize("psp", ["none", "binary", "complex", "onepower", "rotation"])
 def test_same_seed_same_records(psp):
     _, first = run(psp=psp, seed=3)
