@@ -1,12 +1,13 @@
 """Wrong models the rest of the suite would let through, each pinned by values computed here.
 
-- Complex networks read the *real part* of their complex logits (PSP §3; the reference code's
-  ``.real``): checked through ``SuperposedMLP`` and the packed ``PackedMLP`` (eager and the
-  CUDA-graph forward) against a few lines of numpy complex arithmetic, and through the first
-  recorded loss of ``train`` and ``train_packed``.
+- Complex networks read the *real part* of their complex logits (the reference code's
+  ``models/contextnet.py`` returns the real half of its last layer): checked through
+  ``SuperposedMLP`` and the packed ``PackedMLP`` (eager and the CUDA-graph forward) against a
+  few lines of numpy complex arithmetic, and through the first recorded loss of ``train`` and
+  ``train_packed``.
 - Permuted MNIST gives task t its own pixel permutation (task 0 none), the same for the same
   (seed, task), the same at training and at test time: read off what the network is fed, on
-  probe images whose pixel j holds j / 1024.
+  probe images whose pixel j of image n holds n + j/1024.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from trainables import loop, packed
 from trainables.config import TrialConfig
-from trainables.contexts import complex_context, onepower_context, task_permutation
+from trainables.contexts import complex_context, onepower_context
 from trainables.data import Dataset, load_dataset
 from trainables.loop import batch_indices, train
 from trainables.models import SuperposedMLP, build_model
@@ -69,9 +70,10 @@ def assert_sensitive(z: np.ndarray, weights, contexts, x) -> None:
         assert np.abs(wrong - z.real).max() > 0.5
 
 
-@pytest.mark.parametrize("psp, k", [("complex", 0), ("complex", 3), ("onepower", 0), ("onepower", 2)])
+@pytest.mark.parametrize("psp, k", [("complex", 0), ("complex", 3), ("onepower", 0),
+                                    ("onepower", 2)])
 def test_complex_mlp_outputs_the_real_part_of_its_last_layer(psp, k):
-    net = SuperposedMLP(5, 4, 2, 3, psp=psp, seed=9)      # 5 → 4 → 4 → 3, three superposed layers
+    net = SuperposedMLP(5, 4, 2, 3, psp=psp, seed=9)      # 5 → 4 → 4 → 3: three layers
     weights = set_weights(net, seed=1)
     x = np.random.default_rng(2).normal(size=(6, 5))
     contexts = contexts_of(psp, 9, net, k)
@@ -200,7 +202,8 @@ def test_each_task_has_its_own_permutation_the_same_for_the_same_seed_and_task()
     assert torch.equal(plain, ((mnist.test_x[:50] - 0.1307) / 0.3081).flatten(1))
     for task in (1, 2):
         moved = stream.test_set(task)[0]
-        assert torch.equal(moved.sort(1).values, plain.sort(1).values) and not torch.equal(moved, plain)
+        assert torch.equal(moved.sort(1).values, plain.sort(1).values)
+        assert not torch.equal(moved, plain)
 
 
 def record_inputs(forward, calls: list):
