@@ -90,16 +90,34 @@ def psp():
     return run_psp
 
 
+def expected_measurements(cfg) -> set[tuple[int, str, int | None]]:
+    """(step, split, eval_task) of every row a trial that completes writes, from the schedule
+    the README documents — written out here, never asked of trainables.loop, so that a loop
+    that drops a measurement cannot agree with itself: a train row per step; a test of task 0
+    and of the task being trained every eval_every steps; a test of every task seen so far at
+    each task boundary and every eval_all_every steps. Step s (1-based) trains task
+    (s − 1) // steps_per_task."""
+    spt, last = cfg.steps_per_task, cfg.total_steps
+    rows = {(step, "train", None) for step in range(1, last + 1)}
+    periodic = range(cfg.eval_every, last + 1, cfg.eval_every) if cfg.eval_every else ()
+    rows |= {(step, "test", e) for step in periodic for e in (0, (step - 1) // spt)}
+    every_seen = set(range(spt, last + 1, spt))
+    if cfg.eval_all_every:
+        every_seen |= set(range(cfg.eval_all_every, last + 1, cfg.eval_all_every))
+    rows |= {(step, "test", e) for step in every_seen for e in range((step - 1) // spt + 1)}
+    return rows
+
+
 def check_exactly_once(store_root, n_trials: int):
-    """Every (trial, step, split, eval_task) the training loop measures is in the store exactly
-    once, read with pandas alone; one trial per grid point. Returns (steps, trials) frames."""
+    """Every (trial, step, split, eval_task) of ``expected_measurements`` is in the store exactly
+    once, and nothing else, read with pandas alone; one trial per grid point. Returns (steps,
+    trials) frames."""
     import json
     from pathlib import Path
 
     import pandas as pd
 
     from trainables.config import TrialConfig
-    from trainables.loop import tasks_to_evaluate
     from trainables.schema import PARAM_FIELDS
 
     steps = pd.read_parquet(Path(store_root) / "steps")
@@ -111,12 +129,7 @@ def check_exactly_once(store_root, n_trials: int):
     duplicated = steps[steps.duplicated(keys, keep=False)]
     assert duplicated.empty, duplicated[keys + ["attempt"]].head(20)
     for trial in trials.itertuples():
-        cfg = TrialConfig(**json.loads(trial.config_json))
-        spt = cfg.steps_per_task
-        expected = set()
-        for step in range(1, cfg.total_steps + 1):
-            expected.add((step, "train", None))
-            expected |= {(step, "test", e) for e in tasks_to_evaluate(cfg, step, (step - 1) // spt)}
+        expected = expected_measurements(TrialConfig(**json.loads(trial.config_json)))
         mine = steps[steps.trial_id == trial.trial_id]
         actual = {(int(s), split, None if pd.isna(e) else int(e))
                   for s, split, e in zip(mine.step, mine.split, mine.eval_task)}
@@ -127,3 +140,9 @@ def check_exactly_once(store_root, n_trials: int):
 @pytest.fixture
 def exactly_once():
     return check_exactly_once
+
+
+@pytest.fixture
+def measurements():
+    """``expected_measurements``: the rows a trial's config says it writes."""
+    return expected_measurements

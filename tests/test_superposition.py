@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from trainables.contexts import (CONTEXT_FUNCTIONS, bind, binary_context, complex_context,
-                                 onepower_context, rotation_context)
+                                 identity_context, onepower_context, rotation_context)
 from trainables.layers import SuperposedConv2d, SuperposedLinear
 
 
@@ -125,39 +125,63 @@ def test_one_by_one_superposed_conv_equals_superposed_linear(psp):
         torch.testing.assert_close(via_conv, via_linear, atol=1e-5, rtol=1e-5)
 
 
-def _retrieval_noise_power(context_fn, n_models: int, dim: int, trials: int) -> float:
-    """E|ε|² when K unit-norm models are stored as W = Σ_i w_i ⊙ c_i⁻¹ and model k is read
-    out with y = <W, c_k ⊙ x> for x = w_k: y = 1 + ε, ε = Σ_{i≠k} <w_i ⊙ c̄_i ⊙ c_k, w_k>."""
+def _retrieval_noise_power(context_fn, n_models: int, dim: int, trials: int, models: str) -> float:
+    """E|ε|² when K unit-norm models w_i are stored as W = Σ_i w_i ⊙ c̄_i and model 0 is read
+    out with y = <W, c_0 ⊙ x> for x = w_0: y = 1 + ε, ε = Σ_{i≠0} <w_i ⊙ c̄_i ⊙ c_0, w_0>.
+
+    models: 'independent' (a random vector of entries ±1/√M each) or 'identical' (one such
+    vector for every model: tasks that want the same weights, which only the contexts keep
+    apart). The trials' contexts are rows of one context of dim·trials entries, i.i.d. like
+    any others."""
     g = torch.Generator().manual_seed(n_models * 1000 + dim)
-    noise = []
-    for trial in range(trials):
-        w = torch.randn(n_models, dim, generator=g, dtype=torch.float64)
-        w = w / w.norm(dim=1, keepdim=True)                                  # (K, M)
-        c = torch.stack([context_fn(trial, 0, i, dim) for i in range(n_models)]).to(torch.complex128)
-        stored = (w * c.conj()).sum(0)                                       # (M,) = W
-        k = 0
-        readout = (stored * bind(w[k].to(torch.complex128), c[k])).sum()    # <W, c_k ⊙ x>
-        noise.append(abs(readout - 1) ** 2)
-    return float(torch.tensor(noise).mean())
+
+    def signs() -> torch.Tensor:  # (T, M) of ±1
+        return torch.randint(0, 2, (trials, dim), generator=g).to(torch.complex128) * 2 - 1
+
+    shared = signs() / dim**0.5
+    stored = torch.zeros(trials, dim, dtype=torch.complex128)             # (T, M): W per trial
+    for i in range(n_models):
+        w = shared if models == "identical" else signs() / dim**0.5       # (T, M)
+        c = context_fn(0, 0, i, dim * trials).view(trials, dim).to(torch.complex128)
+        stored += w * c.conj()
+        if i == 0:
+            w0, c0 = w, c
+    readout = torch.stack([(stored[t] * bind(w0[t:t + 1], c0[t])).sum() for t in range(trials)])
+    return float((readout - 1).abs().pow(2).mean())
 
 
-@pytest.mark.parametrize("context_fn", [binary_context, complex_context], ids=["binary", "complex"])
-def test_retrieval_noise_grows_like_sqrt_k_over_m(context_fn):
-    """Appendix A: each interfering model adds noise of variance 1/M, so std(ε) ≈ sqrt((K−1)/M)."""
-    for n_models, dim in [(5, 256), (17, 256), (17, 1024), (65, 1024)]:
-        power = _retrieval_noise_power(context_fn, n_models, dim, trials=300)
+@pytest.mark.parametrize("models", ["independent", "identical"])
+@pytest.mark.parametrize("context_fn", [binary_context, complex_context, onepower_context],
+                         ids=["binary", "complex", "onepower"])
+def test_retrieval_noise_grows_like_sqrt_k_over_m(context_fn, models):
+    """Appendix A: each interfering model adds noise of variance 1/M, so std(ε) ≈ sqrt((K−1)/M),
+    whether or not the models resemble each other."""
+    for n_models, dim in [(5, 256), (17, 256), (17, 1024), (65, 512)]:
+        power = _retrieval_noise_power(context_fn, n_models, dim, trials=300, models=models)
         predicted = (n_models - 1) / dim
         assert power == pytest.approx(predicted, rel=0.2), (n_models, dim, power, predicted)
 
 
-def test_retrieval_noise_of_superposition_is_far_below_no_context():
+def test_without_contexts_identical_models_interfere_fully():
+    """The control, c = 1 (the standard network): unrelated models add the same 1/M each as
+    with contexts, but K identical ones sum up, y = K: ε = K − 1, not sqrt((K−1)/M)."""
+    for n_models, dim in [(5, 256), (17, 1024)]:
+        unrelated = _retrieval_noise_power(identity_context, n_models, dim, 300, "independent")
+        assert unrelated == pytest.approx((n_models - 1) / dim, rel=0.2)
+        alike = _retrieval_noise_power(identity_context, n_models, dim, 300, "identical")
+        assert alike == pytest.approx((n_models - 1) ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("context_fn", [binary_context, complex_context, onepower_context],
+                         ids=["binary", "complex", "onepower"])
+def test_retrieval_noise_of_superposition_is_far_below_no_context(context_fn):
     """Contexts decorrelate the stored models; without them, similar models interfere fully."""
     dim, n_models = 512, 9
     g = torch.Generator().manual_seed(0)
     base = torch.randn(dim, generator=g, dtype=torch.float64)
     w = base + 0.1 * torch.randn(n_models, dim, generator=g, dtype=torch.float64)  # similar models
     w = w / w.norm(dim=1, keepdim=True)
-    for fn, expect_small in ((binary_context, True), (CONTEXT_FUNCTIONS["none"], False)):
+    for fn, expect_small in ((context_fn, True), (identity_context, False)):
         c = torch.stack([fn(0, 0, i, dim) for i in range(n_models)]).to(torch.complex128)
         readout = ((w * c.conj()).sum(0) * bind(w[0].to(torch.complex128), c[0])).sum()
         error = abs(readout - 1)
