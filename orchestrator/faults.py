@@ -187,8 +187,10 @@ def slow(delay_s: float, *, piece_bytes: int = 512,
     return pafs.PyFileSystem(DelegatingHandler(base, delay_s=delay_s, piece_bytes=piece_bytes))
 
 
-def leave_partial_write(store, trial_id: str, task: int, table: pa.Table, fraction: float) -> str:
-    """Leave what a writer killed part-way through ``store.write_chunk`` leaves behind.
+def leave_partial_write(store, trial_id: str, task: int, table: pa.Table, fraction: float, *,
+                        path: str | None = None) -> str:
+    """Leave what a writer killed part-way through ``store.write_chunk`` leaves behind (or,
+    with ``path``, through writing that file, e.g. ``store.published_path(trial_id)``).
 
     That is the first ``fraction`` of the chunk's bytes under the store's hidden temporary name
     and nothing at the chunk's own name. Returns the temporary file's path.
@@ -198,10 +200,21 @@ def leave_partial_write(store, trial_id: str, task: int, table: pa.Table, fracti
     sink = pa.BufferOutputStream()
     pq.write_table(store.prepare_chunk(trial_id, table), sink)
     body = sink.getvalue().to_pybytes()
-    path = store.tmp_path(store.chunk_path(trial_id, task))
+    path = store.tmp_path(path or store.inflight_path(trial_id, task))
     store.fs.create_dir(posixpath.dirname(path), recursive=True)
     with store.fs.open_output_stream(path) as handle:
         handle.write(body[:int(len(body) * fraction)])
+    return path
+
+
+def write_legacy_chunk(store, trial_id: str, task: int, table: pa.Table) -> str:
+    """Write ``table`` as psplab wrote a task's rows before ``trial.parquet``: a visible chunk
+    ``steps/<trial>/task-K.parquet`` (stores of that layout are still read and compacted)."""
+    import pyarrow.parquet as pq
+
+    path = store.chunk_path(trial_id, task)
+    store.fs.create_dir(posixpath.dirname(path), recursive=True)
+    pq.write_table(store.prepare_chunk(trial_id, table), path, filesystem=store.fs)
     return path
 
 

@@ -264,8 +264,6 @@ def _run(tuner, paths: SweepPaths, meta: dict[str, Any]) -> int:
     print(f"analyse:  psp results {paths.store}")
     print(f"          psp plots {paths.store} --out results/figures/{paths.name}")
     print(f"status:   psp sweep status {paths.name} --storage {paths.storage}")
-    if not states["ERROR"]:
-        print(f"compact:  psp compact {paths.store}   (faster reads; once nothing writes there)")
     print("\n".join(_restart_lines(paths)))
     if states["ERROR"]:
         print(f"{states['ERROR']} {noun}(s) failed after their retries; `psp sweep resume "
@@ -438,8 +436,9 @@ def restart_report(store: Store, trials) -> list[str]:
     checkpoint to resume from: their work so far was lost and redone), so that is never hidden.
 
     ``trials`` is the store's trials table. Its row keeps only a trial's latest attempt, so an
-    earlier restart from scratch is found in the store's chunk of task 0: a checkpoint is taken
-    at every task's end, so only an attempt that started from scratch writes task 0 again.
+    earlier restart from scratch is found in the store's rows of task 0 (published or still in
+    flight): a checkpoint is taken at every task's end, so only an attempt that started from
+    scratch writes task 0 again.
     """
     restarted = trials[trials.restarts.fillna(0) > 0].sort_values("trial_id")
     if restarted.empty:
@@ -452,17 +451,16 @@ def restart_report(store: Store, trials) -> list[str]:
 
 def _restarted_from_scratch(store: Store, trial) -> bool:
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
     if pd.isna(trial.restored_from_task):  # the latest attempt found no checkpoint
         return True
     try:
-        attempts = pq.read_table(store.chunk_path(trial.trial_id, 0), columns=["attempt"],
-                                 filesystem=store.fs).column("attempt").to_pylist()
-    except (OSError, pa.ArrowInvalid):  # not written yet, or a bad file `psp fsck` names
+        rows = store.read_steps(ds.field("task") == 0, columns=["attempt"],
+                                trial_id=trial.trial_id, live=True)
+    except StoreError:  # a bad file `psp fsck` names
         return False
-    return max(attempts, default=0) >= 1
+    return int(rows.attempt.max()) >= 1 if len(rows) else False
 
 
 def _restart_lines(paths: SweepPaths) -> list[str]:

@@ -212,6 +212,7 @@ def make_store(root: Path) -> Store:
     store.write_trial({"trial_id": "t", "attempt": 0, "status": "completed"})
     for task in range(2):
         store.write_chunk("t", task, faults.synthetic_chunk("t", task, 0))
+    store.publish("t")
     return store
 
 
