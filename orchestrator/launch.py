@@ -64,6 +64,15 @@ class SweepPaths:
     def sweep_file(self) -> str:
         return _join(self.storage, self.name, SWEEP_FILE)
 
+    def for_tune(self, *parts: str) -> tuple[str, pafs.FileSystem | None]:
+        """(path, filesystem) for Tune. A URI is resolved here, as the store resolves it,
+        options and all: handed the URI, Tune's pyarrow refuses the query options psplab
+        itself applies (connect_timeout, request_timeout, retries)."""
+        if "://" not in self.storage:
+            return posixpath.join(self.storage, *parts), None
+        fs, root = resolve(self.storage)
+        return posixpath.join(root, *parts), fs
+
 
 def _join(uri: str, *parts: str) -> str:
     """Join below a path or URI, keeping a URI's options (``s3://b/x?region=...``) at its end."""
@@ -125,11 +134,13 @@ def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose
     tune, started = _connect(address)
     try:
         _check_resources(meta["resources"], autoscaling=address is not None)
-        if tune.Tuner.can_restore(paths.experiment):
+        experiment, fs = paths.for_tune(paths.name)
+        if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
             for line in restore_missing_checkpoints(paths):
                 print(line, flush=True)
-            tuner = tune.Tuner.restore(paths.experiment, trainable=_trainable(tune, meta),
-                                       resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(experiment, trainable=_trainable(tune, meta),
+                                       resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=fs)
         elif Store(paths.store).read_trials().empty:
             # The driver died before Tune saved anything: nothing ran, start it afresh.
             tuner = _new_tuner(tune, meta, paths, verbose)
@@ -220,13 +231,14 @@ def _new_tuner(tune, meta: dict[str, Any], paths: SweepPaths, verbose: int):
     else:
         param_space = {**meta["fixed"],
                        **{key: tune.search.grid_search(values) for key, values in meta["grid"].items()}}
+    storage_path, fs = paths.for_tune()
     return tune.Tuner(
         _trainable(tune, meta),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=meta["max_concurrent"],
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=paths.name, storage_path=paths.storage, verbose=verbose,
+            name=paths.name, storage_path=storage_path, storage_filesystem=fs, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=meta["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=meta["checkpoint_keep"]),
         ),
