@@ -298,6 +298,10 @@ def _connect(address: str | None):
     if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
         return tune, False
     if address is None:
+        # Token authentication is what Ray picks for a new local cluster anyway (it keeps other
+        # users of this machine off the embedded cluster's ports); asking for it by name stops
+        # the warning Ray prints about choosing it on every launch.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         return tune, True
     # Through Ray Client the Tuner runs on the cluster, not here: it needs our settings there.
