@@ -23,6 +23,9 @@ def register(subparsers) -> None:
                          help="pandas query over the trial columns, e.g. \"psp == 'binary' and "
                               "units >= 256\"")
     results.add_argument("--csv", metavar="OUT", help="also write the table to this CSV file")
+    results.add_argument("--live", action="store_true",
+                         help="include the rows of attempts still running (default: the rows of "
+                              "attempts that ended, what pandas reads from STORE/steps)")
     results.set_defaults(func=cmd_results)
 
     plots = subparsers.add_parser(
@@ -57,8 +60,9 @@ def _is_user_error(exc: BaseException) -> bool:
     return any(cls.__name__ in USER_ERRORS for cls in type(exc).__mro__)
 
 
-def results_table(store, where: str | None = None):
-    """The trials of ``store`` with their final average accuracy, filtered by ``where``."""
+def results_table(store, where: str | None = None, live: bool = False):
+    """The trials of ``store`` with their final average accuracy, filtered by ``where``;
+    ``live`` counts the rows of attempts still running too."""
     import pandas as pd
 
     from analysis import metrics
@@ -66,7 +70,7 @@ def results_table(store, where: str | None = None):
 
     trials = load_trials(store)
     tests = load(store, split="test", columns=["trial_id", "tasks", "steps_per_task", "step",
-                                               "split", "eval_task", "accuracy"])
+                                               "split", "eval_task", "accuracy"], live=live)
     if len(tests):
         acc = metrics.summarize(tests)[["trial_id", "acc"]]
     else:
@@ -85,7 +89,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if _missing_local_store(args.store):
         return _fail("results", f"{args.store}: no such file or directory")
     try:
-        table = results_table(args.store, args.where)
+        table = results_table(args.store, args.where, live=args.live)
         shown = table[RESULT_COLUMNS]
         if args.csv:
             shown.to_csv(args.csv, index=False)

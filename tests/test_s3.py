@@ -82,7 +82,7 @@ def test_fsck_compact_and_results_on_s3(s3, store, capsys):
     assert not any("_inflight" in key for key in s3.keys())
     assert cli.main(["fsck", store.uri]) == 0
     assert "warning" not in capsys.readouterr().out
-    assert cli.main(["results", store.uri]) == 0
+    assert cli.main(["results", store.uri, "--live"]) == 0
     out = capsys.readouterr().out
     assert "2 trial(s)" in out
 
