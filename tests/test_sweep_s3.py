@@ -12,44 +12,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from analysis import load
 from orchestrator import cli
+from test_chaos import start_driver, wait_for  # a driver in its own session; polling it
+from test_sweep_cluster import write_spec as write_tiny_spec
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = str(ROOT / "sweeps" / "demo.yaml")
-SPEC = """
-name: {name}
-dataset: mnist5k
-steps_per_task: 100
-eval_every: 50
-grid:
-  seed: {seeds}
-fixed:
-  psp: binary
-  units: 32
-  tasks: {tasks}
-resources: {{cpu: 1, gpu: 0}}
-max_concurrent: 2
-max_failures: {max_failures}
-checkpoint_keep: 2
-"""
-
-
-def start_driver(*args: str) -> subprocess.Popen:
-    """`psp ARGS` in its own session: the embedded Ray it starts dies with its process group."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-                            start_new_session=True)
 
 
 def session_pids(sid: int) -> list[int]:
@@ -86,19 +61,6 @@ def trial_workers(sid: int) -> list[int]:
     return workers
 
 
-def wait_for(condition, timeout: float, what: str, driver: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if driver.poll() is not None:
-            out, err = driver.communicate()
-            pytest.fail(f"driver exited ({driver.returncode}) before {what}:\n{out[-2000:]}\n{err[-3000:]}")
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def progress(s3, name: str) -> tuple[int, int]:
     """(chunks in flight, trials published) of sweep ``name`` on S3."""
     keys = s3.keys(f"sweeps/{name}/results")
@@ -115,8 +77,9 @@ def inflight_by_trial(s3, name: str) -> dict[str, int]:
 
 
 def write_spec(tmp_path: Path, name: str, seeds: list[int], tasks: int, max_failures: int) -> str:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, seeds=seeds, tasks=tasks, max_failures=max_failures))
+    """A tiny sweep of binary nets, 100 steps per task, one trial per seed."""
+    path = write_tiny_spec(tmp_path, name, seeds=seeds, tasks=tasks, spt=100, eval_every=50)
+    path.write_text(path.read_text().replace("max_failures: 3", f"max_failures: {max_failures}"))
     return str(path)
 
 
