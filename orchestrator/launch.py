@@ -298,10 +298,11 @@ def _connect(address: str | None):
     if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
         return tune, False
     if address is None:
-        # Token authentication is what Ray picks for a new local cluster anyway (it keeps other
-        # users of this machine off the embedded cluster's ports); asking for it by name stops
-        # the warning Ray prints about choosing it on every launch.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray 2.59+ picks token authentication for a new local cluster (it keeps other users of
+        # this machine off the embedded cluster's ports) and warns that it did on every start.
+        # The README says once what it means; the choice is Ray's, only the repetition goes.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         return tune, True
     # Through Ray Client the Tuner runs on the cluster, not here: it needs our settings there.

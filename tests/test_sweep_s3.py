@@ -89,7 +89,7 @@ def test_demo_spec_on_s3_end_to_end(tmp_path, s3, psp, exactly_once, capsys):
     result = psp("sweep", "launch", DEMO, "--smoke", "--storage", storage, "--name", "demo",
                  "--quiet", timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # psplab asks its embedded Ray for token authentication by name: no warning on every launch.
+    # Ray's token authentication stays on; its warning about that is not repeated on every launch.
     assert "Token authentication" not in result.stdout + result.stderr
     store = s3.uri("sweeps/demo/results")
     assert f"results:  {store}" in result.stdout
