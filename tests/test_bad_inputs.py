@@ -39,6 +39,9 @@ IMPORTS = {  # what a process must import before it can judge its input, per lev
     "parser": PARSER,
     "arrow": f"{PARSER}; import orchestrator.store",
     "torch": f"{PARSER}; import orchestrator.local_run, trainables.loop",
+    # a batch is judged against the task's training split: the dataset must be loaded first
+    "data": f"{PARSER}; import orchestrator.local_run, trainables.loop; "
+            f"trainables.loop.load_dataset('mnist5k', None)",
     "ray": f"{PARSER}; import orchestrator.launch, ray.autoscaler._private.util, jsonschema",
 }
 
@@ -88,7 +91,7 @@ CLI_CASES = [
     Case("run-out-unwritable", ("run", *SHORT, "--out", "/proc/x.parquet"), "/proc",
          imports="arrow"),
     Case("run-batch-larger-than-the-data", ("run", *SHORT, "--batch-size", "4001", OUT),
-         "batch_size 4001", imports="torch"),
+         "batch_size 4001", imports="data"),
     Case("run-out-and-store", ("run", *SHORT, OUT, "--store", "{tmp}/runs"), "--store"),
     Case("run-data-dir-missing", ("run", *SHORT, "--dataset", "mnist", "--data-dir",
                                   "{tmp}/nonexistent", OUT), "{tmp}/nonexistent", imports="torch"),
