@@ -32,6 +32,9 @@ def register(subparsers) -> None:
                               "just-trained accuracy (default 0.9)")
     results.add_argument("--n-boot", type=int, default=200,
                          help="with --capacity: seed-bootstrap resamples (default 200)")
+    results.add_argument("--live", action="store_true",
+                         help="include the rows of attempts still running (default: the rows of "
+                              "attempts that ended, what pandas reads from STORE/steps)")
     results.set_defaults(func=cmd_results)
 
     plots = subparsers.add_parser(
@@ -70,8 +73,9 @@ def _is_user_error(exc: BaseException) -> bool:
     return any(cls.__name__ in USER_ERRORS for cls in type(exc).__mro__)
 
 
-def results_table(store, where: str | None = None):
-    """The trials of ``store`` with their final average accuracy, filtered by ``where``."""
+def results_table(store, where: str | None = None, live: bool = False):
+    """The trials of ``store`` with their final average accuracy, filtered by ``where``;
+    ``live`` counts the rows of attempts still running too."""
     import pandas as pd
 
     from analysis import metrics
@@ -79,7 +83,7 @@ def results_table(store, where: str | None = None):
 
     trials = load_trials(store)
     tests = load(store, split="test", columns=["trial_id", "tasks", "steps_per_task", "step",
-                                               "split", "eval_task", "accuracy"])
+                                               "split", "eval_task", "accuracy"], live=live)
     if len(tests):
         acc = metrics.summarize(tests)[["trial_id", "acc"]]
     else:
@@ -115,7 +119,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         return _fail("results", f"--threshold {args.threshold}: must be in (0, 1)")
     capacity = ""
     try:
-        table = results_table(args.store, args.where)
+        table = results_table(args.store, args.where, live=args.live)
         shown = table[RESULT_COLUMNS]
         if args.csv:
             shown.to_csv(args.csv, index=False)

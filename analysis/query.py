@@ -123,10 +123,12 @@ def build_filter(table_schema: pa.Schema, **filters: Any) -> ds.Expression | Non
 
 # ---- loading ---------------------------------------------------------------------------------
 def load(store, *, psp=None, units=None, tasks=None, seed=None, sweep=None, trial_id=None,
-         split=None, eval_task=None, step_min=None, step_max=None, columns=None,
+         split=None, eval_task=None, step_min=None, step_max=None, columns=None, live=False,
          **other_filters) -> pd.DataFrame:
-    """The steps table (one row per measurement, latest attempt only) as a tidy DataFrame.
+    """The steps table (one row per measurement, latest attempt only) as a tidy DataFrame:
+    the rows `pandas.read_parquet(store/"steps")` sees, those of trials whose attempt ended.
 
+    ``live=True`` adds the rows of attempts still running (or killed and not yet resumed).
     Filters (scalar or list) are pushed down to pyarrow; ``other_filters`` take any other
     steps column (``depth=2``, ``dataset="mnist"``). ``columns`` selects the returned columns.
     Rows are sorted by trial, step, split and eval_task.
@@ -147,9 +149,11 @@ def load(store, *, psp=None, units=None, tasks=None, seed=None, sweep=None, tria
         df = latest_attempt(df)
     else:
         # Naming the trials lets the store open only their directories (the filter still
-        # carries trial_id, so the answer is the same). Passed only when given, so wrappers
-        # of read_steps written for its older signature keep working.
+        # carries trial_id, so the answer is the same). Passed only when given (live too), so
+        # wrappers of read_steps written for its older signature keep working.
         by_trial = {} if trial_id is None else {"trial_id": _ids(trial_id)}
+        if live:
+            by_trial["live"] = True
         df = _store(source).read_steps(filter=expression, columns=columns, **by_trial)
     if columns is not None:
         df = df[columns]

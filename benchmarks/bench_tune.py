@@ -67,6 +67,7 @@ def _direct_trial(args: tuple[dict, str, str]) -> str:
         store.write_trial({**row, "steps_done": state["steps_done"]})
 
     summary = train(cfg, sink, on_task_end=on_task_end)
+    store.publish(trial_id)
     store.write_trial({**row, "status": summary.status, "steps_done": summary.steps_done})
     return summary.status
 

@@ -23,23 +23,25 @@ class UserError(Exception):
 
 
 def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrialConfig field (--steps-per-task for steps_per_task), defaults from it."""
+    """One flag per TrialConfig field (--steps-per-task for steps_per_task); its help is the
+    field's description and default, so the config is the one place both are written."""
     from trainables.config import TrialConfig
 
     for name, field in TrialConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         annotation = field.annotation
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+        default = "" if field.default is None else f" (default {field.default})"
+        help_text = f"{field.description}{default}".replace("%", "%%")
         if annotation is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"default {field.default}")
+                                help=help_text)
         elif choices:
-            parser.add_argument(flag, dest=name, choices=choices, default=None,
-                                help=f"default {field.default}")
+            parser.add_argument(flag, dest=name, choices=choices, default=None, help=help_text)
         else:
             base = _scalar_type(annotation)
             parser.add_argument(flag, dest=name, type=base, default=None, metavar=base.__name__.upper(),
-                                help=f"default {field.default}")
+                                help=help_text)
 
 
 def _scalar_type(annotation) -> type:
@@ -73,9 +75,11 @@ def _first_validation_message(exc, *, flag_style: bool) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.local_run import run_one
+    from orchestrator.local_run import run_into_store, run_one
 
     cfg = trial_config_from_args(args)
+    if args.store is not None:
+        return run_into_store(cfg, args.store, progress=not args.quiet)
     return run_one(cfg, args.out, force=args.force, progress=not args.quiet)
 
 
@@ -83,9 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="psp", description="psplab: superposition continual-learning sweeps")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    run = sub.add_parser("run", help="train one trial locally, without Ray, into a Parquet file")
+    run = sub.add_parser("run", help="train one trial locally, without Ray, into a Parquet file "
+                                     "or a store")
     add_trial_arguments(run)
-    run.add_argument("--out", required=True, help="Parquet file to write (refuses to overwrite)")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="Parquet file to write (refuses to overwrite; its directory "
+                                     "is created)")
+    where.add_argument("--store", metavar="DIR",
+                       help="results store to add this run to as a trial (created if missing): "
+                            "runs side by side, read by psp results/plots and analysis.load")
     run.add_argument("--force", action="store_true", help="replace --out if it exists")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)

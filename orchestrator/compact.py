@@ -1,11 +1,12 @@
-"""`psp compact STORE`: merge each finished trial's chunk files into one.
+"""`psp compact STORE`: fold each finished trial's files into its one ``trial.parquet``.
 
-Reading a trial costs about 1 ms per file whatever its size, so a 50-task trial reads in
-~80 ms as chunks and ~25 ms compacted (benchmarks/RESULTS.md). Compaction deletes the chunks
-it merged, so it is a step for after a sweep, not something trials do as they finish: a trial
-that writes again (a resumed sweep re-running a task) would leave rows twice for a plain
-`pandas.read_parquet`. Only trials whose row says completed or diverged are touched; running
-and errored ones, which a resume writes to, are listed and left alone.
+Trials publish themselves when they end (orchestrator/store.py), so a store this psplab wrote
+needs no compaction. It is for stores written before ``trial.parquet`` (one chunk file per
+task, ~1 ms per file on every read), and for rows left in flight by an attempt that ended
+without publishing them (killed, or its storage failed). Only trials whose row says completed
+or diverged are folded unless ``--trial`` names one; running and errored trials, which a resume
+writes to, are listed and left alone. Run it when no sweep writes to the store; every read
+returns the same rows before and after, except that rows left in flight become visible.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ FINISHED = ("completed", "diverged")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compact", help="merge each finished trial's chunks into one file (faster reads)",
-        description="Merge the chunk files of finished trials (completed or diverged) into one "
-                    "file per trial. Run it when no sweep is writing to the store; every read "
-                    "returns the same rows before and after.")
+        "compact", help="fold each finished trial's files into one (stores from older psplab)",
+        description="Fold the files of finished trials (completed or diverged) into one "
+                    "trial.parquet each, publishing rows left in flight. Run it when no sweep "
+                    "is writing to the store.")
     parser.add_argument("store", help="store directory or URI (s3://bucket/sweeps/NAME/results)")
     parser.add_argument("--trial", action="append", metavar="ID",
-                        help="compact only this trial (repeatable); default: every finished trial")
+                        help="fold this trial (repeatable), whatever its status: you say nothing "
+                             "writes to it; default: every finished trial")
     parser.set_defaults(func=cmd_compact)
 
 
@@ -40,16 +42,15 @@ def cmd_compact(args: argparse.Namespace) -> int:
         if not has_layout(store):
             raise UserError(f"{args.store}: not a psplab store (no _psplab.json, steps/ or trials/)")
         raise UserError(f"{args.store}: no trials in this store")
-    wanted = list(dict.fromkeys(args.trial or status))
-    unknown = [trial_id for trial_id in wanted if trial_id not in status]
+    unknown = [trial_id for trial_id in args.trial or [] if trial_id not in status]
     if unknown:
         raise UserError(f"--trial {unknown[0]}: no such trial in {args.store}")
-    skipped = [trial_id for trial_id in wanted if status[trial_id] not in FINISHED]
+    wanted = list(dict.fromkeys(args.trial or [t for t in status if status[t] in FINISHED]))
+    skipped = [] if args.trial else [t for t in status if status[t] not in FINISHED]
     files_before = compacted = 0
     for trial_id in wanted:
-        if status[trial_id] in FINISHED:
-            files_before += len(store.trial_files(trial_id))
-            compacted += store.compact_trial(trial_id) is not None
+        files_before += len(store.trial_files(trial_id)) + len(store.inflight_chunks(trial_id))
+        compacted += store.publish(trial_id) is not None
     print(f"compacted {compacted} trial(s): {files_before} file(s) -> {compacted}")
     if skipped:
         print(f"left alone {len(skipped)} unfinished trial(s) (running or error): "

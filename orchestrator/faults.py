@@ -171,6 +171,48 @@ class _DisturbedStream:
             self._stream.close()
 
 
+class Killed(BaseException):
+    """The process died here: not an error any code handles (a SIGKILL runs no handler)."""
+
+
+class DyingHandler(DelegatingHandler):
+    """Delegates every call until the ``die_at``-th call that changes what is stored (opening
+    an output stream, a rename, a deletion); that call and every later one raise Killed
+    without acting, as if the process had been SIGKILLed just before it. ``done`` lists the
+    changing calls that took effect, as "op path"."""
+
+    def __init__(self, die_at: int, base: pafs.FileSystem | None = None):
+        super().__init__(base, ops=())
+        self.die_at, self.changes, self.done = die_at, 0, []
+
+    def _change(self, op: str, path: str) -> None:
+        self.changes += 1
+        if self.changes >= self.die_at:
+            raise Killed(f"killed at {op} {path}")
+        self.done.append(f"{op} {path}")
+
+    def open_output_stream(self, path, metadata):
+        self._change("open_output_stream", path)
+        return super().open_output_stream(path, metadata)
+
+    def move(self, src, dest):
+        self._change("move", dest)
+        super().move(src, dest)
+
+    def delete_file(self, path):
+        self._change("delete_file", path)
+        super().delete_file(path)
+
+    def delete_dir(self, path):
+        self._change("delete_dir", path)
+        super().delete_dir(path)
+
+
+def dying(die_at: int, *, base: pafs.FileSystem | None = None) -> pafs.PyFileSystem:
+    """A filesystem whose process 'dies' (raises Killed) at its ``die_at``-th change."""
+    return pafs.PyFileSystem(DyingHandler(die_at, base))
+
+
 def faulty(fail_every: int | None = None, *, fail_probability: float = 0.0, seed: int = 0,
            ops: Iterable[str] = ("open_output_stream", "move"), after: bool = False,
            base: pafs.FileSystem | None = None) -> pafs.PyFileSystem:
@@ -187,8 +229,10 @@ def slow(delay_s: float, *, piece_bytes: int = 512,
     return pafs.PyFileSystem(DelegatingHandler(base, delay_s=delay_s, piece_bytes=piece_bytes))
 
 
-def leave_partial_write(store, trial_id: str, task: int, table: pa.Table, fraction: float) -> str:
-    """Leave what a writer killed part-way through ``store.write_chunk`` leaves behind.
+def leave_partial_write(store, trial_id: str, task: int, table: pa.Table, fraction: float, *,
+                        path: str | None = None) -> str:
+    """Leave what a writer killed part-way through ``store.write_chunk`` leaves behind (or,
+    with ``path``, through writing that file, e.g. ``store.published_path(trial_id)``).
 
     That is the first ``fraction`` of the chunk's bytes under the store's hidden temporary name
     and nothing at the chunk's own name. Returns the temporary file's path.
@@ -198,10 +242,21 @@ def leave_partial_write(store, trial_id: str, task: int, table: pa.Table, fracti
     sink = pa.BufferOutputStream()
     pq.write_table(store.prepare_chunk(trial_id, table), sink)
     body = sink.getvalue().to_pybytes()
-    path = store.tmp_path(store.chunk_path(trial_id, task))
+    path = store.tmp_path(path or store.inflight_path(trial_id, task))
     store.fs.create_dir(posixpath.dirname(path), recursive=True)
     with store.fs.open_output_stream(path) as handle:
         handle.write(body[:int(len(body) * fraction)])
+    return path
+
+
+def write_legacy_chunk(store, trial_id: str, task: int, table: pa.Table) -> str:
+    """Write ``table`` as psplab wrote a task's rows before ``trial.parquet``: a visible chunk
+    ``steps/<trial>/task-K.parquet`` (stores of that layout are still read and compacted)."""
+    import pyarrow.parquet as pq
+
+    path = store.chunk_path(trial_id, task)
+    store.fs.create_dir(posixpath.dirname(path), recursive=True)
+    pq.write_table(store.prepare_chunk(trial_id, table), path, filesystem=store.fs)
     return path
 
 

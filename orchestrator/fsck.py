@@ -10,9 +10,15 @@ One line per problem, ``<kind>: <path>: <detail>``, on stdout. Kinds:
     misplaced     rows of another trial than the file's name says
     orphan        a chunk whose trial has no trials row
     duplicate     the same measurement (KEY_COLUMNS and attempt) in two files, or twice in one
+    overlap       the same measurement in two visible files with different attempts: plain
+                  readers (pandas, DuckDB, polars) see it twice; `psp compact STORE --trial ID`
+                  folds the trial into one file, latest attempt kept (a store written before
+                  trial.parquet, or a fold of one that was killed)
 
-The same key with different attempts is normal after a restore and is not reported. A trials
-row with no chunks is only a warning (the trial may not have reported yet).
+Every visible measurement once is the store's promise to plain readers (orchestrator/store.py),
+so any key seen twice in ``steps/`` is a problem. In-flight chunks (``_inflight/``) are checked
+like visible files (a bad one breaks the next publication); a trial with rows still in flight is
+a warning naming the command that publishes them, as is a trials row with no rows at all.
 
 Exit codes: 0 clean; 1 problems found (also with --repair: run again to confirm it is clean);
 2 usage error or a store that cannot be checked (missing, unreachable, newer schema version).
@@ -130,25 +136,29 @@ def check(store) -> Report:
     files = _list_files(store)
     if not report.problems and not files and not has_layout(store):
         raise StoreError(f"{store.uri}: not a psplab store (no _psplab.json, steps/ or trials/)")
-    chunk_keys, trial_ids = _check_files(store, files, report)
+    chunk_keys, trial_ids, inflight = _check_files(store, files, report)
     report.chunks, report.trials = len(chunk_keys), len(trial_ids)
-    _check_orphans(chunk_keys, set(trial_ids.values()), report)
+    _check_orphans({**chunk_keys, **inflight}, set(trial_ids.values()), report)
     _check_duplicates(chunk_keys, report)
+    _check_overlaps(store, chunk_keys, report)
+    _warn_inflight(store, inflight, report)
     return report
 
 
-def _check_files(store, files: list[tuple[str, int]], report: Report) -> tuple[dict, dict]:
-    """Check each file on its own; return the sound chunks' identity columns and trial ids."""
+def _check_files(store, files: list[tuple[str, int]], report: Report) -> tuple[dict, dict, dict]:
+    """Check each file on its own; return the sound visible chunks' identity columns, the
+    trial ids, and the sound in-flight chunks' identity columns."""
     chunk_keys: dict[str, object] = {}
     trial_ids: dict[str, str] = {}
+    inflight: dict[str, object] = {}
     for rel, size in files:
         kind = _classify_location(rel)
         if kind == "partial":
             report.add("partial", rel, "leftover of a writer killed mid-write (invisible to readers)")
-        elif kind == "chunk":
+        elif kind in ("chunk", "inflight"):
             table = _check_parquet(store, rel, size, "steps", report)
             if table is not None:
-                chunk_keys[rel] = table
+                (chunk_keys if kind == "chunk" else inflight)[rel] = table
         elif kind == "trial":
             table = _check_parquet(store, rel, size, "trials", report)
             if table is not None:
@@ -156,7 +166,7 @@ def _check_files(store, files: list[tuple[str, int]], report: Report) -> tuple[d
         elif kind == "stray":
             report.add("stray", rel, "not part of the store layout, but readers of the directory "
                                      "would read it")
-    return chunk_keys, trial_ids
+    return chunk_keys, trial_ids, inflight
 
 
 def _check_manifest(store, report: Report) -> None:
@@ -194,8 +204,10 @@ def _list_files(store) -> list[tuple[str, int]]:
     """(path relative to the root, size) of every file under steps/ and trials/, sorted."""
     import pyarrow.fs as pafs
 
+    from orchestrator.store import INFLIGHT
+
     files = []
-    for directory in (store.steps_dir, store.trials_dir):
+    for directory in (store.steps_dir, store.trials_dir, store.path(INFLIGHT)):
         selector = pafs.FileSelector(directory, recursive=True, allow_not_found=True)
         for info in store.fs.get_file_info(selector):
             if info.type == pafs.FileType.File:
@@ -209,16 +221,19 @@ def _list_files(store) -> list[tuple[str, int]]:
 
 
 def _classify_location(rel: str) -> str:
-    """partial | chunk | trial | stray | hidden, from the path alone."""
-    from orchestrator.store import CHUNK_NAME, TMP_PREFIX, TRIAL_ID
+    """partial | chunk | inflight | trial | stray | hidden, from the path alone."""
+    from orchestrator.store import CHUNK_NAME, INFLIGHT, TMP_PREFIX, TRIAL_FILE, TRIAL_ID
 
     parts = rel.split("/")
     if parts[-1].startswith(TMP_PREFIX):
         return "partial"
+    if len(parts) == 3 and parts[0] == INFLIGHT and TRIAL_ID.fullmatch(parts[1]) \
+            and CHUNK_NAME.fullmatch(parts[2]):
+        return "inflight"
     if any(part.startswith((".", "_")) for part in parts):
         return "hidden"  # readers skip it, and so do we
     if len(parts) == 3 and parts[0] == "steps" and TRIAL_ID.fullmatch(parts[1]) \
-            and CHUNK_NAME.fullmatch(parts[2]):
+            and (parts[2] == TRIAL_FILE or CHUNK_NAME.fullmatch(parts[2])):
         return "chunk"
     if len(parts) == 2 and parts[0] == "trials" and parts[1].endswith(".parquet") \
             and TRIAL_ID.fullmatch(parts[1].removesuffix(".parquet")):
@@ -300,6 +315,8 @@ def _check_orphans(chunk_keys: dict, trial_ids: set[str], report: Report) -> Non
 
 def _check_duplicates(chunk_keys: dict, report: Report) -> None:
     """Report measurements stored twice with the same attempt, and how --repair can fix each."""
+    from orchestrator.store import TRIAL_FILE
+
     if not chunk_keys:
         return
     paths = list(chunk_keys)
@@ -312,7 +329,9 @@ def _check_duplicates(chunk_keys: dict, report: Report) -> None:
     pairs = pairs[pairs.file_x != pairs.file_y]
     others = {int(f): sorted(set(g)) for f, g in pairs.groupby("file_x").file_y}
     within = set(frame[frame.duplicated(["gid", "file"])].file.astype(int))
-    fixes = _duplicate_fixes(frame, sorted(set(placed.file.astype(int))), within)
+    # A trial's published file is the one to keep: files of the older layout move first.
+    published = {i for i, path in enumerate(paths) if path.endswith(f"/{TRIAL_FILE}")}
+    fixes = _duplicate_fixes(frame, sorted(set(placed.file.astype(int))), within, published)
     for index, rows in repeated.groupby("file", sort=True):
         index = int(index)
         where = [f"also in {', '.join(paths[i] for i in others[index])}"] if index in others else []
@@ -320,6 +339,41 @@ def _check_duplicates(chunk_keys: dict, report: Report) -> None:
         report.add("duplicate", paths[index],
                    f"{len(rows)} row(s) with the same key and attempt {'; '.join(where)}",
                    fix=fixes[index])
+
+
+def _check_overlaps(store, chunk_keys: dict, report: Report) -> None:
+    """Report each trial whose visible files hold a measurement twice with different attempts
+    (the same attempt twice is a ``duplicate``, reported above)."""
+    if not chunk_keys:
+        return
+    from trainables import schema
+
+    frame = _identity_frame(list(chunk_keys.values()))
+    keys = list(schema.KEY_COLUMNS)
+    distinct = frame.drop_duplicates([*keys, "attempt"])
+    seen_twice = distinct[distinct.duplicated(keys, keep=False)]
+    paths = list(chunk_keys)
+    for trial_id, rows in seen_twice.groupby("trial_id", sort=True):
+        files = sorted({paths[int(i)] for i in rows.file})
+        count = len(rows.drop_duplicates(keys))
+        report.add("overlap", posixpath.dirname(files[0]),
+                   f"{count} measurement(s) of trial {trial_id!r} appear with different attempts "
+                   f"in {', '.join(files)}: plain readers see them twice; `psp compact "
+                   f"{store.uri} --trial {trial_id}` folds them into one file (latest attempt kept)",
+                   fix="manual")
+
+
+def _warn_inflight(store, inflight: dict, report: Report) -> None:
+    """Trials whose latest rows are still in flight, invisible to plain readers."""
+    tasks: dict[str, int] = {}
+    for rel in inflight:
+        trial = rel.split("/")[1]
+        tasks[trial] = tasks.get(trial, 0) + 1
+    for trial, count in sorted(tasks.items()):
+        report.warnings.append(
+            f"trial {trial!r}: {count} task chunk(s) in flight, not yet in steps/ (an attempt "
+            f"that is running, was killed, or could not publish): `psp sweep resume` finishes "
+            f"and publishes it; `psp compact {store.uri} --trial {trial}` publishes them as they are")
 
 
 def _identity_frame(tables: list):
@@ -335,13 +389,15 @@ def _identity_frame(tables: list):
     return frame
 
 
-def _duplicate_fixes(frame, files: list[int], within: set[int]) -> dict[int, str]:
+def _duplicate_fixes(frame, files: list[int], within: set[int],
+                     keep: set[int] = frozenset()) -> dict[int, str]:
     """For each file holding duplicates: move (every row is also in a file that stays; later
-    paths go first), none (it stays, and is unique once the others moved) or manual."""
+    paths go first, those in ``keep`` last), none (it stays, and is unique once the others
+    moved) or manual."""
     files_per_gid = frame.groupby("gid").file.nunique()
     gids_of = {index: frame.gid[frame.file == index].unique() for index in files}
     fixes: dict[int, str] = {}
-    for index in sorted(set(files) - within, reverse=True):
+    for index in sorted(set(files) - within, key=lambda i: (i not in keep, i), reverse=True):
         if (files_per_gid.loc[gids_of[index]] >= 2).all():
             fixes[index] = "move"
             files_per_gid.loc[gids_of[index]] -= 1

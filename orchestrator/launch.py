@@ -64,6 +64,15 @@ class SweepPaths:
     def sweep_file(self) -> str:
         return _join(self.storage, self.name, SWEEP_FILE)
 
+    def for_tune(self, *parts: str) -> tuple[str, pafs.FileSystem | None]:
+        """(path, filesystem) for Tune. A URI is resolved here, as the store resolves it,
+        options and all: handed the URI, Tune's pyarrow refuses the query options psplab
+        itself applies (connect_timeout, request_timeout, retries)."""
+        if "://" not in self.storage:
+            return posixpath.join(self.storage, *parts), None
+        fs, root = resolve(self.storage)
+        return posixpath.join(root, *parts), fs
+
 
 def _join(uri: str, *parts: str) -> str:
     """Join below a path or URI, keeping a URI's options (``s3://b/x?region=...``) at its end."""
@@ -125,11 +134,13 @@ def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose
     tune, started = _connect(address)
     try:
         _check_resources(meta["resources"], autoscaling=address is not None)
-        if tune.Tuner.can_restore(paths.experiment):
+        experiment, fs = paths.for_tune(paths.name)
+        if tune.Tuner.can_restore(experiment, storage_filesystem=fs):
             for line in restore_missing_checkpoints(paths):
                 print(line, flush=True)
-            tuner = tune.Tuner.restore(paths.experiment, trainable=_trainable(tune, meta),
-                                       resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(experiment, trainable=_trainable(tune, meta),
+                                       resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=fs)
         elif Store(paths.store).read_trials().empty:
             # The driver died before Tune saved anything: nothing ran, start it afresh.
             tuner = _new_tuner(tune, meta, paths, verbose)
@@ -220,13 +231,14 @@ def _new_tuner(tune, meta: dict[str, Any], paths: SweepPaths, verbose: int):
     else:
         param_space = {**meta["fixed"],
                        **{key: tune.search.grid_search(values) for key, values in meta["grid"].items()}}
+    storage_path, fs = paths.for_tune()
     return tune.Tuner(
         _trainable(tune, meta),
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=meta["max_concurrent"],
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=paths.name, storage_path=paths.storage, verbose=verbose,
+            name=paths.name, storage_path=storage_path, storage_filesystem=fs, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=meta["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=meta["checkpoint_keep"]),
         ),
@@ -264,8 +276,6 @@ def _run(tuner, paths: SweepPaths, meta: dict[str, Any]) -> int:
     print(f"analyse:  psp results {paths.store}")
     print(f"          psp plots {paths.store} --out results/figures/{paths.name}")
     print(f"status:   psp sweep status {paths.name} --storage {paths.storage}")
-    if not states["ERROR"]:
-        print(f"compact:  psp compact {paths.store}   (faster reads; once nothing writes there)")
     print("\n".join(_restart_lines(paths)))
     if states["ERROR"]:
         print(f"{states['ERROR']} {noun}(s) failed after their retries; `psp sweep resume "
@@ -288,6 +298,11 @@ def _connect(address: str | None):
     if ray.is_initialized():  # a caller (a test, a notebook) already chose the cluster
         return tune, False
     if address is None:
+        # Ray 2.59+ picks token authentication for a new local cluster (it keeps other users of
+        # this machine off the embedded cluster's ports) and warns that it did on every start.
+        # The README says once what it means; the choice is Ray's, only the repetition goes.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         return tune, True
     # Through Ray Client the Tuner runs on the cluster, not here: it needs our settings there.
@@ -438,8 +453,9 @@ def restart_report(store: Store, trials) -> list[str]:
     checkpoint to resume from: their work so far was lost and redone), so that is never hidden.
 
     ``trials`` is the store's trials table. Its row keeps only a trial's latest attempt, so an
-    earlier restart from scratch is found in the store's chunk of task 0: a checkpoint is taken
-    at every task's end, so only an attempt that started from scratch writes task 0 again.
+    earlier restart from scratch is found in the store's rows of task 0 (published or still in
+    flight): a checkpoint is taken at every task's end, so only an attempt that started from
+    scratch writes task 0 again.
     """
     restarted = trials[trials.restarts.fillna(0) > 0].sort_values("trial_id")
     if restarted.empty:
@@ -452,17 +468,16 @@ def restart_report(store: Store, trials) -> list[str]:
 
 def _restarted_from_scratch(store: Store, trial) -> bool:
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as ds
 
     if pd.isna(trial.restored_from_task):  # the latest attempt found no checkpoint
         return True
     try:
-        attempts = pq.read_table(store.chunk_path(trial.trial_id, 0), columns=["attempt"],
-                                 filesystem=store.fs).column("attempt").to_pylist()
-    except (OSError, pa.ArrowInvalid):  # not written yet, or a bad file `psp fsck` names
+        rows = store.read_steps(ds.field("task") == 0, columns=["attempt"],
+                                trial_id=trial.trial_id, live=True)
+    except StoreError:  # a bad file `psp fsck` names
         return False
-    return max(attempts, default=0) >= 1
+    return int(rows.attempt.max()) >= 1 if len(rows) else False
 
 
 def _restart_lines(paths: SweepPaths) -> list[str]:

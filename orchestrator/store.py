@@ -3,25 +3,52 @@
 Layout under the store root (a local path or a ``pyarrow.fs`` URI such as ``s3://bucket/x``)::
 
     _psplab.json                           # schema version; '_' keeps it out of dataset reads
-    steps/<trial_id>/task-000003.parquet   # one file per (trial, task chunk)
-    steps/<trial_id>/task-000000-000049.parquet  # or, once compacted, one for many tasks
+    steps/<trial_id>/trial.parquet         # a trial's published rows: one file, replaced whole
+    _inflight/<trial_id>/task-000003.parquet  # one task's rows, written while the trial runs
     trials/<trial_id>.parquet              # one row: the trial's parameters and status
     _quarantine/<timestamp>/...            # files `psp fsck --repair` moved aside
 
-Guarantees (each proved by a test, see tests/test_killed_writers.py and friends):
+Stores written before this layout hold ``steps/<trial_id>/task-000003.parquet`` (one per task)
+and ``task-000000-000049.parquet`` (merged) files; they are read as before, and a trial's next
+publication (or `psp compact`) folds them into its ``trial.parquet``.
 
-* All-or-nothing chunks. Each file is written under a hidden temporary name (``.tmp-…``) and
-  renamed; readers skip names starting with '.' or '_'. On object stores, where there is no
-  rename, a file is one PUT, which is atomic. A writer killed at any point leaves either the
-  complete new file, the complete old one, or an invisible ``.tmp-…`` leftover that
-  ``psp fsck`` reports and ``--repair`` moves aside.
-* Exactly-once by construction. A chunk's name is a function of (trial, task), so a trial
-  retried from a checkpoint *replaces* the chunks it writes again instead of adding to them;
-  readers also keep only the latest ``attempt`` of any measurement seen twice (which also
-  covers a compacted trial that is run again: its new chunks carry a higher attempt).
+Exactly once for every reader, in every state
+---------------------------------------------
+``pandas.read_parquet(root/"steps")``, DuckDB's and polars' ``steps/*/*.parquet`` see each
+(trial_id, step, split, eval_task) once, and the same rows as `Store.read_steps`, whatever a
+sweep, a resume, a publication or a killed process left behind. The design follows from what
+object stores offer: one PUT is atomic, nothing else is — there is no rename, and "write the
+merged file, then delete the chunks" leaves a moment (or, after a kill, forever) in which a
+reader of the directory sees both. So rows never move from one visible file to another:
+
+* While a trial runs, each task's rows go to ``_inflight/<trial>/task-K.parquet``. The leading
+  '_' hides them from pandas/pyarrow, and they are outside ``steps/``, so globs over it never
+  meet them. A task run again (a restore from a checkpoint) replaces its chunk by name.
+* When an attempt ends (completed, diverged, or failed with an error), the trial *publishes*:
+  ``steps/<trial>/trial.parquet`` is rewritten whole, in one atomic step (one PUT; locally a
+  rename), as its previous content with the rows of every task found in flight replaced by
+  that task's chunk; only then are the in-flight chunks deleted. A re-run of a published trial
+  therefore replaces its file instead of adding a second one beside it.
+* A process killed anywhere leaves the previous ``trial.parquet`` or the new one, never both
+  and never a part: killed before the PUT, the chunks stay in flight and the next publication
+  (the resumed attempt's end, or `psp compact`) applies them; killed after it, the leftover
+  chunks hold exactly what was published and applying them again changes nothing.
+
+The price is visibility, not correctness: the rows of an attempt that is still running (or was
+killed and not yet resumed) are not in ``steps/``. ``read_steps(live=True)`` (``analysis.load
+(..., live=True)``, ``psp results --live``) adds them. A finished trial is one file, so reading
+it costs one open (compaction happens at every publication; `psp compact` remains for stores
+written before this layout). Folding such a store's legacy files is the one step that is not
+atomic: between the new file's PUT and the old files' deletion, plain readers see that trial
+twice; `psp fsck` names it and running `psp compact` again finishes it.
+
+Other guarantees (each proved by a test, see tests/test_killed_writers.py and friends):
+
+* All-or-nothing files. Locally each file is written under a hidden temporary name
+  (``.tmp-…``, not ending in ``.parquet``, so no glob reads it) and renamed; on object stores a
+  file is one PUT. ``psp fsck`` reports a temporary leftover and ``--repair`` moves it aside.
 * Bounded retries. A failed write is retried ``write_retries`` times with exponential backoff,
   then raises StoreError naming the file; a write that raised left nothing new visible.
-* ``pandas.read_parquet(root / "steps")`` works with no psplab code.
 """
 from __future__ import annotations
 
@@ -47,9 +74,11 @@ from trainables import schema
 
 MANIFEST = "_psplab.json"
 QUARANTINE = "_quarantine"
+INFLIGHT = "_inflight"
+TRIAL_FILE = "trial.parquet"
 TMP_PREFIX = ".tmp-"
-# task-000003.parquet: one task's chunk; task-000000-000049.parquet: a trial's chunks of
-# tasks 0..49 merged by Store.compact_trial.
+# task-000003.parquet: one task's chunk (in flight; or visible in a store written before
+# trial.parquet); task-000000-000049.parquet: such chunks merged by an older `psp compact`.
 CHUNK_NAME = re.compile(r"task-(\d{6})(?:-(\d{6}))?\.parquet")
 OBJECT_STORES = {"s3", "gcs"}
 # A trial id becomes a directory and a file name: no separators, no leading '.'/'_' (which
@@ -160,7 +189,16 @@ class Store:
     def trials_dir(self) -> str:
         return self.path("trials")
 
+    def inflight_path(self, trial_id: str, task: int) -> str:
+        """Where ``write_chunk`` puts one task's rows until the trial publishes them."""
+        return self.path(INFLIGHT, check_trial_id(trial_id), f"task-{int(task):06d}.parquet")
+
+    def published_path(self, trial_id: str) -> str:
+        """The one visible file of a trial's rows."""
+        return self.path("steps", check_trial_id(trial_id), TRIAL_FILE)
+
     def chunk_path(self, trial_id: str, task: int) -> str:
+        """A visible per-task chunk, as stores written before ``trial.parquet`` hold them."""
         return self.path("steps", check_trial_id(trial_id), f"task-{int(task):06d}.parquet")
 
     def trial_path(self, trial_id: str) -> str:
@@ -168,9 +206,11 @@ class Store:
 
     @staticmethod
     def tmp_path(path: str) -> str:
-        """Where ``path`` is written before its rename: same directory, hidden from readers."""
+        """Where ``path`` is written before its rename: same directory, hidden from dataset
+        reads by its '.', and not ending in '.parquet', which DuckDB's and polars' globs match
+        whatever the name starts with."""
         directory, name = posixpath.split(path)
-        return posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+        return posixpath.join(directory, f"{TMP_PREFIX}{name}-{uuid.uuid4().hex}")
 
     # ---- writing -----------------------------------------------------------------------
     def initialise(self) -> None:
@@ -224,9 +264,10 @@ class Store:
         return table.replace_schema_metadata(schema.STEPS_SCHEMA.metadata)
 
     def write_chunk(self, trial_id: str, task: int, table: pa.Table) -> str:
-        """Write (or replace) the chunk of ``trial_id`` for ``task``; all-or-nothing."""
+        """Write (or replace) the in-flight chunk of ``trial_id`` for ``task``; all-or-nothing.
+        Readers see its rows once the trial publishes (`publish`), or with ``live=True``."""
         table = self.prepare_chunk(trial_id, table)
-        path = self.chunk_path(trial_id, task)
+        path = self.inflight_path(trial_id, task)
         self._retry(lambda: self._atomic_write(path, table), path)
         return path
 
@@ -274,43 +315,68 @@ class Store:
                 _sleep(self.retry_backoff_s * 2**attempt)
 
     def trial_files(self, trial_id: str) -> list[str]:
-        """The Parquet files that hold ``trial_id``'s rows (chunks, or one compacted file)."""
+        """The visible Parquet files of ``trial_id`` (its ``trial.parquet``, or older chunks)."""
         try:
             return sorted(self._visible_files(self.path("steps", check_trial_id(trial_id))))
         except OSError as exc:
             raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
 
-    def compact_trial(self, trial_id: str) -> str | None:
-        """Merge a finished trial's chunk files into one file; returns its path (None: no chunks).
-
-        Reading one trial costs ~1 ms per file whatever its size (open, footer, one column
-        chunk per column), so a 50-task trial reads in ~40 ms as chunks and in ~10 ms merged.
-        Every row is kept, in the order readers met them, so every read returns what it did
-        before. Only for a trial no writer is touching: a chunk written while it runs could
-        be deleted with the inputs. The merged file is written whole before any input is
-        deleted; a compaction killed in between leaves each row twice with the same attempt,
-        which readers resolve to one copy and ``psp fsck --repair`` removes.
-        """
-        directory = self.path("steps", check_trial_id(trial_id))
+    def inflight_chunks(self, trial_id: str) -> dict[int, str]:
+        """task → path of ``trial_id``'s chunks written since it last published."""
+        directory = self.path(INFLIGHT, check_trial_id(trial_id))
         try:
-            inputs = sorted(self._visible_files(directory))
+            return _chunks_by_task(self._visible_files(directory))
         except OSError as exc:
             raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
-        if len(inputs) < 2:
-            return inputs[0] if inputs else None
+
+    def inflight_trials(self) -> list[str]:
+        """Trials with chunks in flight (running, killed, or whose publication failed)."""
+        try:
+            return sorted({posixpath.basename(posixpath.dirname(path))
+                           for path in self._visible_files(self.path(INFLIGHT))})
+        except OSError as exc:
+            raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
+
+    def publish(self, trial_id: str) -> str | None:
+        """Make ``trial_id``'s rows visible as its one ``trial.parquet``; returns its path
+        (None: the trial has no rows). Safe to repeat, and to kill at any point (see the
+        module docstring); only for a trial no writer is touching.
+
+        The new file is the old one (or a store's older chunk files, latest attempt kept) with
+        the rows of every in-flight task replaced by that task's chunk, sorted by step.
+        """
+        visible, inflight = self.trial_files(trial_id), self.inflight_chunks(trial_id)
+        target = self.published_path(trial_id)
+        if not inflight and visible in ([], [target]):
+            return visible[0] if visible else None
+        table = self._fold(trial_id, visible, inflight)
+        self._retry(lambda: self._atomic_write(target, table), target)
+        for old in [*inflight.values(), *visible]:
+            if old != target:
+                self._retry(lambda old=old: self.fs.delete_file(old), old)
+        if inflight:
+            _quiet_delete_empty_dir(self.fs, self.path(INFLIGHT, trial_id))
+        return target
+
+    compact_trial = publish  # `psp compact` on a store written before trial.parquet
+
+    def _fold(self, trial_id: str, visible: list[str], inflight: dict[int, str]) -> pa.Table:
+        base = self._read_files(visible)
+        if len(visible) > 1:  # an older layout: chunks and merged files may overlap
+            base = pa.Table.from_pandas(latest_attempt(base.to_pandas()),
+                                        schema=schema.STEPS_SCHEMA, preserve_index=False)
+        replaced = pc.is_in(base["task"], value_set=pa.array(list(inflight), pa.int32()))
+        parts = [base.filter(pc.invert(replaced)), self._read_files(list(inflight.values()))]
+        table = self.prepare_chunk(trial_id, pa.concat_tables(parts))
+        return table.sort_by([("step", "ascending")])
+
+    def _read_files(self, paths: list[str]) -> pa.Table:
         dataset = ds.FileSystemDataset.from_paths(
-            inputs, schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(), filesystem=self.fs)
+            sorted(paths), schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(),
+            filesystem=self.fs)
         for fragment in dataset.get_fragments():
             self._check_fragment(fragment)
-        table = self.prepare_chunk(trial_id, self._read(dataset))
-        tasks = pc.min_max(table["task"]).as_py() if table.num_rows else {"min": 0, "max": 0}
-        first, last = tasks["min"] or 0, tasks["max"] or 0
-        path = posixpath.join(directory, f"task-{first:06d}-{last:06d}.parquet")
-        self._retry(lambda: self._atomic_write(path, table), path)
-        for old in inputs:
-            if old != path:
-                self._retry(lambda old=old: self.fs.delete_file(old), old)
-        return path
+        return self._read(dataset)
 
     # ---- reading -----------------------------------------------------------------------
     def _dataset(self, directory: str, table_schema: pa.Schema,
@@ -352,14 +418,19 @@ class Store:
 
     def read_steps(self, filter: ds.Expression | None = None,
                    columns: list[str] | None = None, *,
-                   trial_id: str | Iterable[str] | None = None) -> pd.DataFrame:
-        """Every measurement once (latest attempt wins), filters pushed down to pyarrow.
+                   trial_id: str | Iterable[str] | None = None,
+                   live: bool = False) -> pd.DataFrame:
+        """Every published measurement once (latest attempt wins), filters pushed down to
+        pyarrow: exactly what a plain reader of ``steps/`` sees, sorted.
 
-        ``trial_id`` (one id or several) keeps only those trials, like a ``trial_id`` filter,
-        but opens only their directories. A trial's rows live under ``steps/<trial_id>/`` and
-        nowhere else (``write_chunk`` refuses other rows there, ``psp fsck`` reports a file
-        holding another trial's rows), so discovering and checking every other trial's chunks
-        would change nothing but the time: ~1 s at 2,000 chunks, against ~50 ms for one trial.
+        ``live`` adds the rows of attempts still in flight (running, or killed and not yet
+        resumed), each in-flight task replacing that task's published rows, as publishing
+        will. ``trial_id`` (one id or several) keeps only those trials, like a ``trial_id``
+        filter, but opens only their directories. A trial's rows live under
+        ``steps/<trial_id>/`` and nowhere else (``write_chunk`` refuses other rows there,
+        ``psp fsck`` reports a file holding another trial's rows), so discovering and checking
+        every other trial's files would change nothing but the time: ~1 s at 2,000 files,
+        against ~50 ms for one trial.
         """
         ids = None
         if trial_id is None:
@@ -367,14 +438,38 @@ class Store:
         else:
             ids = [trial_id] if isinstance(trial_id, str) else list(dict.fromkeys(trial_id))
             dataset = self._trial_steps(ids)
-        if dataset is None:
-            return schema.STEPS_SCHEMA.empty_table().to_pandas()
         if columns is not None:
-            columns = list(dict.fromkeys([*columns, *schema.KEY_COLUMNS, "attempt"]))
-        table = self._read(dataset, filter=filter, columns=columns)
+            extra = ["task"] if live else []
+            columns = list(dict.fromkeys([*columns, *schema.KEY_COLUMNS, "attempt", *extra]))
+        table = (schema.STEPS_SCHEMA.empty_table().select(columns or schema.STEPS_SCHEMA.names)
+                 if dataset is None else self._read(dataset, filter=filter, columns=columns))
+        if live:
+            table = self._with_inflight(table, ids, filter, columns)
         if ids is not None:
             table = _only_trials(table, ids)
         return latest_attempt(table.to_pandas())
+
+    def _with_inflight(self, table: pa.Table, ids: list[str] | None,
+                       filter: ds.Expression | None, columns: list[str] | None) -> pa.Table:
+        """``table`` with each in-flight task's rows in place of that task's published ones."""
+        trials = self.inflight_trials() if ids is None else [
+            t for t in ids if isinstance(t, str) and TRIAL_ID.fullmatch(t)]
+        chunks = {t: self.inflight_chunks(t) for t in trials}
+        chunks = {t: tasks for t, tasks in chunks.items() if tasks}
+        if not chunks:
+            return table
+        replaced = None
+        for trial_id, tasks in chunks.items():
+            term = pc.and_(pc.equal(table["trial_id"], trial_id),
+                           pc.is_in(table["task"], value_set=pa.array(list(tasks), pa.int32())))
+            replaced = term if replaced is None else pc.or_(replaced, term)
+        dataset = ds.FileSystemDataset.from_paths(
+            sorted(p for tasks in chunks.values() for p in tasks.values()),
+            schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(), filesystem=self.fs)
+        for fragment in dataset.get_fragments():
+            self._check_fragment(fragment)
+        fresh = self._read(dataset, filter=filter, columns=columns)
+        return pa.concat_tables([table.filter(pc.invert(pc.fill_null(replaced, False))), fresh])
 
     def _trial_steps(self, trial_ids: list[str]) -> ds.Dataset | None:
         """The chunk files of ``trial_ids`` as a dataset, with the checks ``_dataset`` makes.
@@ -495,6 +590,25 @@ def _sort_codes(column: pd.Series) -> list[np.ndarray]:
         return [~missing, column.fillna(0).to_numpy()]
     codes, _ = pd.factorize(column, sort=True, use_na_sentinel=True)  # NA → -1: first
     return [codes]
+
+
+def _chunks_by_task(paths: Iterable[str]) -> dict[int, str]:
+    """task → path of the per-task chunks among ``paths`` (other names are not chunks)."""
+    chunks = {}
+    for path in paths:
+        match = CHUNK_NAME.fullmatch(posixpath.basename(path))
+        if match and match.group(2) is None:
+            chunks[int(match.group(1))] = path
+    return dict(sorted(chunks.items()))
+
+
+def _quiet_delete_empty_dir(fs: pafs.FileSystem, path: str) -> None:
+    """Remove ``path`` if nothing is left in it (object stores have no directories to leave)."""
+    try:
+        if not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+            fs.delete_dir(path)
+    except OSError:
+        pass
 
 
 def _quiet_delete(fs: pafs.FileSystem, path: str) -> None:

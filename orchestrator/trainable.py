@@ -3,8 +3,10 @@
 
 Why they look the way they do:
 - Per-step data never goes through Tune. Each task's rows go straight to the results store as
-  one Parquet chunk (named by trial and task, so a retried task replaces its file); Tune only
-  gets one small summary per task, because every `tune.report` blocks the trial for a few ms.
+  one in-flight Parquet chunk (named by trial and task, so a retried task replaces its file),
+  and the trial publishes them as its one visible file when the attempt ends (see
+  orchestrator/store.py); Tune only gets one small summary per task, because every
+  `tune.report` blocks the trial for a few ms.
 - A checkpoint is taken at every task boundary (model, optimizer, RNG states, next task,
   attempt) and handed to Tune with that task's report; after a node or driver failure Tune
   restarts the function with `tune.get_checkpoint()` set and training resumes at the next task.
@@ -82,11 +84,17 @@ class TrialRecord:
         self.store.write_trial({**self.row, "steps_done": steps_done})
 
     def finish(self, summary: TrialSummary) -> None:
+        # Published before the row says so: a final status means the rows are visible.
+        self.store.publish(self.trial_id)
         self.store.write_trial({**self.row, "status": summary.status, "end_time": _now(),
                                 "steps_done": summary.steps_done, "device": summary.device})
 
     def fail(self, exc: BaseException) -> None:
-        with contextlib.suppress(Exception):  # never hide the trial's error behind the store's
+        # Never hide the trial's error behind the store's. Rows that cannot be published now
+        # stay in flight; the attempt that resumes this trial publishes them.
+        with contextlib.suppress(Exception):
+            self.store.publish(self.trial_id)
+        with contextlib.suppress(Exception):
             self.store.write_trial({**self.row, "status": "error", "end_time": _now(),
                                     "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]})
 

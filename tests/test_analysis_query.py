@@ -57,6 +57,7 @@ def make_store(root, *, psps=("none", "binary", "complex"), widths=(64, 256), se
                                             min((task + 1) * steps_per_task, last_step) + 1)]
             store.write_chunk(trial_id, task, schema.steps_table(
                 measured, cfg.identity(), sweep=sweep, trial_id=trial_id, attempt=0))
+        store.publish(trial_id)
         now = dt.datetime.now(dt.timezone.utc)
         store.write_trial({"sweep": sweep, "trial_id": trial_id, "attempt": 0,
                            **schema.param_row(cfg.model_dump()), "status": status,
@@ -127,7 +128,8 @@ def test_load_trials_and_diverged(store_root):
 
 def test_a_single_psp_run_file(tmp_path, store_root):
     steps = load(store_root, trial_id="synth-binary-64-s0")
-    table = pq.read_table(store_root / "steps" / "synth-binary-64-s0" / "task-000000.parquet")
+    table = pq.read_table(store_root / "steps" / "synth-binary-64-s0" / "trial.parquet",
+                          filters=[("task", "==", 0)])
     out = tmp_path / "run.parquet"
     # The same chunk twice, the second as a later attempt with other numbers: latest wins.
     again = table.set_column(table.schema.get_field_index("attempt"), "attempt",

@@ -19,13 +19,15 @@ TINY = dict(units=32, tasks=3, steps_per_task=50, eval_every=25, dataset="mnist5
 
 
 def run_into(store: Store, trial_id: str, cfg: TrialConfig) -> str:
-    """One trial the way the sweep trainable stores it: a chunk per task, then its trials row."""
+    """One trial the way the sweep trainable stores it: a chunk per task, published when it
+    ends, then its trials row."""
     from trainables.loop import train
 
     params = cfg.identity()
     started = dt.datetime.now(dt.timezone.utc)
     summary = train(cfg, lambda task, rows: store.write_chunk(trial_id, task, schema.steps_table(
         rows, params, sweep="tiny", trial_id=trial_id, attempt=0)))
+    store.publish(trial_id)
     store.write_trial({"sweep": "tiny", "trial_id": trial_id, "attempt": 0,
                        **schema.param_row(cfg.model_dump()), "status": summary.status,
                        "steps_done": summary.steps_done, "restarts": 0, "start_time": started,

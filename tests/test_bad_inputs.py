@@ -39,6 +39,9 @@ IMPORTS = {  # what a process must import before it can judge its input, per lev
     "parser": PARSER,
     "arrow": f"{PARSER}; import orchestrator.store",
     "torch": f"{PARSER}; import orchestrator.local_run, trainables.loop",
+    # a batch is judged against the task's training split: the dataset must be loaded first
+    "data": f"{PARSER}; import orchestrator.local_run, trainables.loop; "
+            f"trainables.loop.load_dataset('mnist5k', None)",
     "ray": f"{PARSER}; import orchestrator.launch, ray.autoscaler._private.util, jsonschema",
 }
 
@@ -85,8 +88,11 @@ CLI_CASES = [
          imports="arrow"),
     Case("run-out-exists", ("run", *SHORT, "--out", "{tmp}/results.parquet"),
          "{tmp}/results.parquet", imports="arrow"),
-    Case("run-out-directory-missing", ("run", *SHORT, "--out", "{tmp}/no/such/x.parquet"),
-         "{tmp}/no/such", imports="arrow"),
+    Case("run-out-unwritable", ("run", *SHORT, "--out", "/proc/x.parquet"), "/proc",
+         imports="arrow"),
+    Case("run-batch-larger-than-the-data", ("run", *SHORT, "--batch-size", "4001", OUT),
+         "batch_size 4001", imports="data"),
+    Case("run-out-and-store", ("run", *SHORT, OUT, "--store", "{tmp}/runs"), "--store"),
     Case("run-data-dir-missing", ("run", *SHORT, "--dataset", "mnist", "--data-dir",
                                   "{tmp}/nonexistent", OUT), "{tmp}/nonexistent", imports="torch"),
     Case("run-data-dir-corrupt", ("run", *SHORT, "--dataset", "mnist", "--data-dir",
@@ -227,6 +233,7 @@ def make_store(root: Path) -> Store:
     store.write_trial({"trial_id": "t", "attempt": 0, "status": "completed"})
     for task in range(2):
         store.write_chunk("t", task, faults.synthetic_chunk("t", task, 0))
+    store.publish("t")
     return store
 
 

@@ -94,10 +94,20 @@ def wait_for(condition, timeout: float, what: str, driver: subprocess.Popen):
 
 
 def chunks_by_trial(store: Path) -> dict[str, int]:
-    """Distinct (trial, task) chunks per trial. A retried task replaces its file, so the total
-    only grows when new work is done."""
-    return {d.name: sum(1 for _ in d.glob("task-*.parquet"))
-            for d in (store / "steps").glob("*") if d.is_dir()}
+    """Distinct tasks stored per trial, in flight or published. A retried task replaces its
+    chunk, and publishing moves tasks into the trial's file (which is written before its
+    chunks go, and read after they were listed), so the total only grows when new work is
+    done."""
+    tasks: dict[str, set[int]] = {}
+    for path in (store / "_inflight").glob("*/task-*.parquet"):
+        tasks.setdefault(path.parent.name, set()).add(int(path.stem.removeprefix("task-")))
+    for path in (store / "steps").glob("*/trial.parquet"):
+        try:
+            tasks.setdefault(path.parent.name, set()).update(
+                pq.read_table(path, columns=["task"]).column("task").to_pylist())
+        except (OSError, ValueError):  # replaced between the listing and the read
+            continue
+    return {trial: len(done) for trial, done in tasks.items()}
 
 
 def trial_rows(store: Path) -> dict[str, dict]:

@@ -30,10 +30,12 @@ def healthy_store(root) -> Store:
         store.write_trial({"trial_id": trial_id, "attempt": 0, "status": "completed"})
         for task in range(3):
             store.write_chunk(trial_id, task, faults.synthetic_chunk(trial_id, task, 0))
+        store.publish(trial_id)
     return store
 
 
 def chunk(store: Store, trial_id: str = "a", task: int = 1) -> str:
+    """A visible per-task file beside the trial's published one: where damage is planted."""
     return store.chunk_path(trial_id, task)
 
 
@@ -50,7 +52,7 @@ def sha(path) -> str:
 def truncated(store):  # a copy cut short: no footer
     path = chunk(store, "a", 5)
     with open(path, "wb") as out:
-        out.write(open(chunk(store), "rb").read()[:400])
+        out.write(open(store.published_path("a"), "rb").read()[:400])
     return path
 
 
@@ -103,9 +105,17 @@ def misplaced(store):
     return path
 
 
-def orphan(store):
+def orphan(store):  # rows in flight of a trial without a row
     store.write_chunk("ghost", 0, faults.synthetic_chunk("ghost", 0, 0))
-    return chunk(store, "ghost", 0)
+    return store.inflight_path("ghost", 0)
+
+
+def corrupt_in_flight(store):  # breaks the trial's next publication and live reads
+    store.write_chunk("a", 3, faults.synthetic_chunk("a", 3, 1))
+    path = store.inflight_path("a", 3)
+    with open(path, "r+b") as handle:
+        handle.truncate(300)
+    return path
 
 
 def corrupt_trial_row(store):
@@ -115,7 +125,7 @@ def corrupt_trial_row(store):
 
 
 DAMAGE = {
-    "corrupt": [truncated, not_parquet, corrupt_trial_row],
+    "corrupt": [truncated, not_parquet, corrupt_trial_row, corrupt_in_flight],
     "zero-byte": [zero_byte],
     "partial": [partial],
     "schema-drift": [missing_column, retyped_column, newer_version],
@@ -137,8 +147,8 @@ def test_fsck_names_the_problem_and_repair_moves_it_aside(tmp_path, capsys, kind
     named = [line for line in lines if line.startswith(f"{kind}: {bad}:")]
     assert len(named) == 1, lines
     if kind == "corrupt" and "trials" in bad:
-        # with its row unreadable, trial a's chunks become orphans too: also named, one line each
-        assert sum(line.startswith("orphan:") for line in lines) == 3
+        # with its row unreadable, trial a's file becomes an orphan too: also named
+        assert sum(line.startswith("orphan:") for line in lines) == 1
 
     code, lines = run_fsck(capsys, store.root, "--repair")
     assert code == fsck.EXIT_PROBLEMS
@@ -166,7 +176,7 @@ def test_these_problems_really_break_pandas(tmp_path, damage):
 def test_healthy_store_is_clean(tmp_path, capsys):
     store = healthy_store(tmp_path)
     code, lines = run_fsck(capsys, store.root)
-    assert code == fsck.EXIT_CLEAN and lines == [f"clean: 6 chunks, 2 trials checked in {store.root}"]
+    assert code == fsck.EXIT_CLEAN and lines == [f"clean: 2 chunks, 2 trials checked in {store.root}"]
 
 
 def test_a_file_older_than_a_column_is_not_drift(tmp_path, capsys):
@@ -184,19 +194,40 @@ def test_a_file_older_than_a_column_is_not_drift(tmp_path, capsys):
     assert code == fsck.EXIT_PROBLEMS and "input_norm" in " ".join(lines)
 
 
-def test_restored_chunks_with_higher_attempts_are_not_duplicates(tmp_path, capsys):
+def test_a_republished_trial_is_clean(tmp_path, capsys):
     store = healthy_store(tmp_path)
-    # a restore rewrote task 1 as attempt 1; an old layout also kept attempt 0 under another name
-    store.write_chunk("a", 1, faults.synthetic_chunk("a", 1, 1))
-    pq.write_table(faults.synthetic_chunk("a", 1, 0), chunk(store, "a", 11))
+    store.write_chunk("a", 1, faults.synthetic_chunk("a", 1, 1))  # a restore re-ran task 1
+    store.publish("a")
     code, lines = run_fsck(capsys, store.root)
     assert code == fsck.EXIT_CLEAN, lines
+
+
+def test_a_measurement_visible_twice_with_different_attempts_is_an_overlap(tmp_path, capsys):
+    """What plain readers see twice (here a file of the older layout kept attempt 0 of task 1
+    beside the published attempt 1) is a problem fsck names with its fix; `psp compact` fixes
+    it, keeping the latest attempt."""
+    store = healthy_store(tmp_path)
+    store.write_chunk("a", 1, faults.synthetic_chunk("a", 1, 1))
+    store.publish("a")
+    old = chunk(store, "a", 11)
+    pq.write_table(faults.synthetic_chunk("a", 1, 0), old)
+    code, lines = run_fsck(capsys, store.root, "--repair")
+    assert code == fsck.EXIT_PROBLEMS
+    overlap = [line for line in lines if line.startswith("overlap: ")]
+    assert len(overlap) == 1 and "steps/a/task-000011.parquet, steps/a/trial.parquet" in overlap[0]
+    assert f"psp compact {store.root} --trial a" in overlap[0]
+    assert any(line.startswith("left in place:") for line in lines) and os.path.exists(old)
+    assert cli.main(["compact", store.root, "--trial", "a"]) == 0
+    assert run_fsck(capsys, store.root)[0] == fsck.EXIT_CLEAN
+    df = pd.read_parquet(os.path.join(store.root, "steps"))
+    assert not df.duplicated(list(schema.KEY_COLUMNS)).any()
+    assert set(df[(df.trial_id == "a") & (df.task == 1)].attempt) == {1}
 
 
 def test_a_redundant_duplicate_is_moved_and_its_twin_kept(tmp_path, capsys):
     store = healthy_store(tmp_path)
     copy = chunk(store, "a", 12)
-    shutil.copy(chunk(store, "a", 1), copy)
+    shutil.copy(store.published_path("a"), copy)
     code, lines = run_fsck(capsys, store.root)
     assert code == fsck.EXIT_PROBLEMS
     dupes = [line for line in lines if line.startswith("duplicate:")]
@@ -204,7 +235,7 @@ def test_a_redundant_duplicate_is_moved_and_its_twin_kept(tmp_path, capsys):
 
     code, lines = run_fsck(capsys, store.root, "--repair")
     assert any(line.startswith(f"moved {copy} -> ") for line in lines), lines
-    assert os.path.exists(chunk(store, "a", 1))
+    assert os.path.exists(store.published_path("a"))
     assert run_fsck(capsys, store.root)[0] == fsck.EXIT_CLEAN
 
 
@@ -217,7 +248,7 @@ def test_overlapping_duplicates_are_left_for_a_person(tmp_path, capsys):
     code, lines = run_fsck(capsys, store.root, "--repair")
     assert code == fsck.EXIT_PROBLEMS
     assert any(line.startswith("left in place:") for line in lines), lines
-    assert os.path.exists(chunk(store, "a", 13)) and os.path.exists(chunk(store, "a", 1))
+    assert os.path.exists(chunk(store, "a", 13)) and os.path.exists(store.published_path("a"))
     # The reader still returns each measurement once.
     df = store.read_steps()
     assert not df.duplicated(list(schema.KEY_COLUMNS)).any()

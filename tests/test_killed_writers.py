@@ -1,11 +1,13 @@
 """Issue 6, item 3: a writer SIGKILLed anywhere never leaves a file that breaks a reader.
 
 A forked child (imports already done, so a fork costs milliseconds, not the 0.5 s of a fresh
-interpreter) writes chunks through `Store.write_chunk` in an endless loop on a slow filesystem
-that sleeps between 256-byte pieces, so a kill after a seeded random delay lands at many
-different points: before the first byte, mid-file, between the last byte and the rename,
-between files. After each kill, pandas and `Store.read_steps` must read the store, and every
-chunk file that exists must equal, row for row, a chunk the child was asked to write.
+interpreter) writes chunks through `Store.write_chunk` and publishes them (`Store.publish`) in
+an endless loop on a slow filesystem that sleeps between 256-byte pieces, so a kill after a
+seeded random delay lands at many different points: before the first byte, mid-file, between
+the last byte and the rename, between files, between a publication's write and its cleanup.
+After each kill, pandas and `Store.read_steps` must read the store and agree, each measurement
+once; every in-flight chunk must equal, row for row, a chunk the child was asked to write, and
+every task in the published file one such chunk.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import pytest
 
 from orchestrator import faults, fsck
 from orchestrator.store import TMP_PREFIX, Store
+from trainables import schema
 
 KILLS = 50
 SEED = 20240617
@@ -37,13 +40,16 @@ def slow_store(root: str) -> Store:
 
 
 def write_forever(root: str, trial_id: str, attempt: int) -> None:
-    """The victim: rewrite this trial's chunks, slowly, until killed. Never returns."""
+    """The victim: rewrite this trial's chunks and publish them, slowly, until killed. Never
+    returns."""
     try:
         store = slow_store(root)
         task = 0
         while True:
             store.write_chunk(trial_id, task % TASKS, faults.synthetic_chunk(trial_id, task % TASKS,
                                                                              attempt))
+            if task % 2 == 0:
+                store.publish(trial_id)
             task += 1
     finally:
         os._exit(1)  # never run the parent's pytest machinery in the child
@@ -75,16 +81,23 @@ def kill_one_writer(store: Store, trial_id: str, attempt: int, delay: float) -> 
         "the writer died on its own: see its error by calling write_forever directly"
 
 
+def temporary_files(store: Store, trial_id: str) -> set[str]:
+    directories = [os.path.dirname(store.inflight_path(trial_id, 0)),
+                   os.path.dirname(store.published_path(trial_id))]
+    return {os.path.join(d, n) for d in directories if os.path.isdir(d)
+            for n in os.listdir(d) if n.startswith(TMP_PREFIX)}
+
+
 def where_it_died(store: Store, trial_id: str, attempt: int, tmp_before: set[str]) -> str:
     """Classify the kill point from the temporary file it left (if any)."""
-    directory = os.path.join(store.root, "steps", trial_id)
-    new = [n for n in os.listdir(directory) if n.startswith(TMP_PREFIX) and n not in tmp_before] \
-        if os.path.isdir(directory) else []
+    new = temporary_files(store, trial_id) - tmp_before
     if not new:
         return "between files"
-    (name,) = new
-    task = int(name.rsplit("task-", 1)[1].removesuffix(".parquet"))
-    size = os.path.getsize(os.path.join(directory, name))
+    (path,) = new
+    if os.path.basename(path).startswith(f"{TMP_PREFIX}trial.parquet"):
+        return "publishing"
+    task = int(os.path.basename(path).removeprefix(f"{TMP_PREFIX}task-").split(".")[0])
+    size = os.path.getsize(path)
     full = len(parquet_bytes(store.prepare_chunk(trial_id, faults.synthetic_chunk(trial_id, task,
                                                                                   attempt))))
     if size == 0:
@@ -93,18 +106,23 @@ def where_it_died(store: Store, trial_id: str, attempt: int, tmp_before: set[str
 
 
 def check_readers_and_chunks(store: Store, newest: dict) -> None:
-    """Both readers work; each chunk is one complete write, never older than one seen before."""
-    steps = pd.read_parquet(os.path.join(store.root, "steps"))
+    """Both readers work and agree, each measurement once; each chunk in flight is one complete
+    write, never older than one seen before; each published task one complete chunk."""
+    steps = pd.read_parquet(os.path.join(store.root, "steps"), schema=schema.STEPS_SCHEMA)
     assert len(store.read_steps()) == len(steps)
-    for trial_id in sorted(os.listdir(store.steps_dir)):
-        for name in sorted(os.listdir(os.path.join(store.steps_dir, trial_id))):
-            if name.startswith(TMP_PREFIX):
-                continue
-            task = int(name.removeprefix("task-").removesuffix(".parquet"))
-            table = pq.read_table(os.path.join(store.steps_dir, trial_id, name))
+    assert not steps.duplicated(["trial_id", "step", "split", "eval_task"]).any()
+    for trial_id, tasks in steps.groupby("trial_id"):
+        for task, rows in tasks.groupby("task"):
+            (attempt,) = set(rows.attempt)
+            expected = faults.synthetic_chunk(trial_id, task, attempt).to_pandas()
+            pd.testing.assert_frame_equal(rows.reset_index(drop=True), expected, check_dtype=False,
+                                          obj=f"published task {task} of {trial_id}")
+    for trial_id in sorted(store.inflight_trials()):
+        for task, path in store.inflight_chunks(trial_id).items():
+            table = pq.read_table(path)
             (attempt,) = set(table.column("attempt").to_pylist())
             expected = faults.synthetic_chunk(trial_id, task, attempt)
-            assert table.equals(expected), f"{trial_id}/{name} differs from what was written"
+            assert table.equals(expected), f"{path} differs from what was written"
             assert attempt >= newest.get((trial_id, task), -1), "an older chunk came back"
             newest[(trial_id, task)] = attempt
 
@@ -122,19 +140,23 @@ def test_writers_killed_at_random_points_leave_only_whole_chunks(tmp_path):
     newest: dict = {}
     for kill in range(KILLS):
         trial_id = trials[kill % len(trials)]
-        directory = os.path.join(store.steps_dir, trial_id)
-        tmp_before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+        tmp_before = temporary_files(store, trial_id)
         kill_one_writer(store, trial_id, attempt=kill, delay=rng.uniform(0, max_delay))
         outcomes[where_it_died(store, trial_id, kill, tmp_before)] += 1
         check_readers_and_chunks(store, newest)
     print(dict(outcomes), f"kills within {max_delay * 1000:.0f} ms, {time.monotonic() - started:.1f} s")
     assert sum(outcomes.values()) == KILLS
-    assert outcomes["mid-file"] >= 10, f"too few kills landed mid-file to prove much: {outcomes}"
-    assert {trial for trial, _ in newest} == set(trials), "some writer never finished a chunk"
+    assert outcomes["publishing"] >= 3, f"too few kills landed in a publication: {outcomes}"
+    assert outcomes["mid-file"] + outcomes["publishing"] >= 12, \
+        f"too few kills landed in a file's write to prove much: {outcomes}"
+    published = set(pd.read_parquet(os.path.join(store.root, "steps"),
+                                    schema=schema.STEPS_SCHEMA).trial_id)
+    assert {trial for trial, _ in newest} | published == set(trials), \
+        "some writer never finished a chunk"
 
     # The leftovers are invisible to readers, and fsck names each one and moves them aside.
     report = fsck.check(store)
-    leftovers = sum(n.startswith(TMP_PREFIX) for _, _, names in os.walk(store.steps_dir)
+    leftovers = sum(n.startswith(TMP_PREFIX) for _, _, names in os.walk(store.root)
                     for n in names)
     assert {p.kind for p in report.problems} <= {"partial"}
     assert len(report.problems) == leftovers

@@ -16,17 +16,52 @@ def psp(*args, **kwargs):
 
 
 def test_psp_run_writes_a_parquet_file_pandas_reads(tmp_path):
-    out = tmp_path / "run.parquet"
+    """As a new user types it: a task length the default eval_every (100) does not divide,
+    into a directory that does not exist yet. The default then tests once per task: task 0
+    after step 50; tasks 0 and 1 after step 100."""
+    out = tmp_path / "new" / "dir" / "run.parquet"
     result = psp("run", "--psp", "binary", "--units", "32", "--tasks", "2", "--steps-per-task", "50",
-                 "--eval-every", "25", "--dataset", "mnist5k", "--out", str(out), "--quiet")
+                 "--dataset", "mnist5k", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     df = pd.read_parquet(out)
     assert list(df.columns) == schema.STEPS_SCHEMA.names
     assert len(df[df.split == "train"]) == 100
-    assert set(df.query("split == 'test'").eval_task.dropna().astype(int)) == {0, 1}
-    assert (df.psp == "binary").all() and (df.units == 32).all()
-    trials = pd.read_parquet(tmp_path / "run.trials.parquet")
+    tests = df.query("split == 'test'")
+    assert sorted(zip(tests.step, tests.eval_task.astype(int))) == [(50, 0), (100, 0), (100, 1)]
+    assert (df.psp == "binary").all() and (df.units == 32).all() and (df.eval_every == 50).all()
+    trials = pd.read_parquet(out.parent / "run.trials.parquet")
     assert trials.status.tolist() == ["completed"] and trials.steps_done.tolist() == [100]
+
+
+def test_runs_into_a_store_are_compared_by_results_and_plots(tmp_path, capsys):
+    """`psp run --store DIR` twice, then the analysis commands on DIR: two trials side by side."""
+    from orchestrator.cli import main
+
+    store = tmp_path / "runs"
+    for kind in ("none", "binary"):
+        assert main(["run", "--psp", kind, "--units", "16", "--tasks", "2", "--steps-per-task",
+                     "20", "--store", str(store), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["results", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "2 trial(s)" in out and " none " in out and " binary " in out, out
+    assert main(["plots", str(store), "--out", str(tmp_path / "figures"), "--n-boot", "10"]) == 0
+    assert (tmp_path / "figures" / "index.md").is_file()
+    steps = pd.read_parquet(store / "steps")  # a normal store: pandas alone reads it
+    assert steps.trial_id.nunique() == 2 and len(steps[steps.split == "train"]) == 2 * 40
+
+
+def test_psp_run_help_says_what_every_option_is(tmp_path):
+    """Each option of `psp run --help` has its line, taken from TrialConfig's descriptions."""
+    result = psp("run", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for name, field in TrialConfig.model_fields.items():
+        assert field.description, f"TrialConfig.{name} has no description"
+        flag = "--" + name.replace("_", "-")
+        assert flag in text, flag
+        assert " ".join(field.description.split()) in text, f"{flag}: no description in --help"
+    assert "--store DIR" in text and "--out OUT" in text
 
 
 def test_psp_run_refuses_to_overwrite(tmp_path):

@@ -8,6 +8,7 @@ to it, renaming).
 from __future__ import annotations
 
 import os
+import shutil
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -37,10 +38,13 @@ def leftovers(root) -> list[str]:
 
 def test_injected_filesystem_keeps_the_store_root(tmp_path):
     for uri in (str(tmp_path / "s"), f"file://{tmp_path}/s"):
+        shutil.rmtree(tmp_path / "s", ignore_errors=True)
         store = Store(uri, filesystem=faults.faulty(fail_every=1000))
         assert store.root == str(tmp_path / "s")
         store.write_chunk("t", 0, faults.synthetic_chunk("t", 0, 0))
-        assert visible_files(tmp_path / "s") == ["steps/t/task-000000.parquet"]
+        assert visible_files(tmp_path / "s") == ["_inflight/t/task-000000.parquet"]
+        store.publish("t")
+        assert visible_files(tmp_path / "s") == ["steps/t/trial.parquet"]
 
 
 @pytest.mark.parametrize("ops, every", [
@@ -58,7 +62,7 @@ def test_every_kth_write_fails_and_is_retried(tmp_path, no_sleep, ops, every):
     assert fs.handler.failures, "no fault was injected: the test proves nothing"
     assert len(no_sleep) == len(fs.handler.failures)  # one backoff per failed try
     for task, table in enumerate(written):
-        assert pq.read_table(store.chunk_path("t", task)).equals(table)
+        assert pq.read_table(store.inflight_path("t", task)).equals(table)
     assert leftovers(tmp_path) == []  # a failed try cleans up its temporary file
 
 
@@ -68,7 +72,7 @@ def test_persistent_failure_raises_naming_the_file_after_bounded_backoff(tmp_pat
     with pytest.raises(StoreError) as raised:
         store.write_chunk("t", 7, faults.synthetic_chunk("t", 7, 0))
     message = str(raised.value)
-    assert store.chunk_path("t", 7) in message and "after 4 tries" in message
+    assert store.inflight_path("t", 7) in message and "after 4 tries" in message
     assert "\n" not in message
     assert len(fs.handler.failures) == 4            # bounded: 1 try + 3 retries
     assert no_sleep == [0.5, 1.0, 2.0]              # exponential backoff between them
@@ -91,20 +95,20 @@ def test_rows_acknowledged_equal_rows_persisted(tmp_path, no_sleep, seed):
         try:
             store.write_chunk("t", task, table)
         except StoreError as exc:
-            assert store.chunk_path("t", task) in str(exc)
+            assert store.inflight_path("t", task) in str(exc)
             refused.append(task)
         else:
             acknowledged.append(table)
     assert acknowledged and refused, "want both outcomes for this to prove anything"
     expected = pd.concat([t.to_pandas() for t in acknowledged])
-    persisted = pd.read_parquet(tmp_path / "steps")
+    persisted = pd.read_parquet(tmp_path / "_inflight")
     key = ["task", "step", "split", "eval_task"]
     pd.testing.assert_frame_equal(persisted.sort_values(key).reset_index(drop=True),
                                   expected.sort_values(key).reset_index(drop=True),
                                   check_dtype=False)
-    assert len(store.read_steps()) == len(expected)
+    assert len(store.read_steps(live=True)) == len(expected)
     for task in refused:  # a write that raised left nothing a reader can see
-        assert not os.path.exists(store.chunk_path("t", task))
+        assert not os.path.exists(store.inflight_path("t", task))
 
 
 def test_lost_acknowledgements_never_leave_partial_or_doubled_rows(tmp_path, no_sleep):
@@ -116,5 +120,5 @@ def test_lost_acknowledgements_never_leave_partial_or_doubled_rows(tmp_path, no_
         store.write_chunk("t", task, table)
     assert fs.handler.failures
     for task, table in enumerate(written):
-        assert pq.read_table(store.chunk_path("t", task)).equals(table)
-    assert len(store.read_steps()) == sum(t.num_rows for t in written)
+        assert pq.read_table(store.inflight_path("t", task)).equals(table)
+    assert len(store.read_steps(live=True)) == sum(t.num_rows for t in written)

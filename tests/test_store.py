@@ -25,30 +25,75 @@ def store(tmp_path) -> Store:
 
 
 def test_layout_and_a_plain_pandas_read(store):
-    store.write_chunk("t1", 0, faults.synthetic_chunk("t1", 0, 0))
-    store.write_chunk("t1", 1, faults.synthetic_chunk("t1", 1, 0))
-    store.write_trial({"trial_id": "t1", "attempt": 0, "status": "completed"})
+    chunks = [faults.synthetic_chunk("t1", task, 0) for task in range(2)]
+    for task, chunk in enumerate(chunks):
+        store.write_chunk("t1", task, chunk)
     root = store.root
     assert json.load(open(os.path.join(root, MANIFEST))) == {"schema_version": schema.SCHEMA_VERSION}
-    assert sorted(os.listdir(os.path.join(root, "steps", "t1"))) == ["task-000000.parquet",
-                                                                     "task-000001.parquet"]
+    assert sorted(os.listdir(os.path.join(root, "_inflight", "t1"))) == ["task-000000.parquet",
+                                                                         "task-000001.parquet"]
+    # In flight: only a live read sees the rows; steps/ holds nothing of the trial yet.
+    assert store.read_steps().empty and not os.listdir(store.steps_dir)
+    assert len(store.read_steps(live=True)) == sum(c.num_rows for c in chunks)
+    store.publish("t1")
+    store.write_trial({"trial_id": "t1", "attempt": 0, "status": "completed"})
+    assert os.listdir(os.path.join(root, "steps", "t1")) == ["trial.parquet"]
+    assert not os.path.exists(os.path.join(root, "_inflight", "t1"))  # nothing left in flight
     df = pd.read_parquet(os.path.join(root, "steps"))
-    assert list(df.columns) == schema.STEPS_SCHEMA.names and len(df) == len(store.read_steps())
+    assert list(df.columns) == schema.STEPS_SCHEMA.names
+    assert len(df) == len(store.read_steps()) == sum(c.num_rows for c in chunks)
     assert store.read_trials().status.tolist() == ["completed"]
 
 
 def test_rewriting_a_chunk_replaces_it(store):
     store.write_chunk("t1", 0, faults.synthetic_chunk("t1", 0, 0))
     store.write_chunk("t1", 0, faults.synthetic_chunk("t1", 0, 1, values=7))
-    df = store.read_steps()
+    df = store.read_steps(live=True)
     assert set(df.attempt) == {1} and len(df) == faults.synthetic_chunk("t1", 0, 1).num_rows
-    assert [n for n in os.listdir(os.path.join(store.steps_dir, "t1"))] == ["task-000000.parquet"]
+    assert os.listdir(os.path.join(store.root, "_inflight", "t1")) == ["task-000000.parquet"]
+
+
+def test_publishing_again_replaces_the_published_tasks_in_one_file(store):
+    """A published trial run again from task 1 (a resumed sweep): its new chunks replace those
+    tasks' rows in the same file, which never stands beside a chunk a reader can see. The
+    expected rows are built here from the chunks, task by task."""
+    first = [faults.synthetic_chunk("t1", task, 0) for task in range(3)]
+    for task, chunk in enumerate(first):
+        store.write_chunk("t1", task, chunk)
+    path = store.publish("t1")
+    again = [faults.synthetic_chunk("t1", task, 1, values=5) for task in (1, 2)]
+    for task, chunk in zip((1, 2), again):
+        store.write_chunk("t1", task, chunk)
+    live = store.read_steps(live=True)
+    assert store.publish("t1") == path
+    assert os.listdir(os.path.join(store.steps_dir, "t1")) == ["trial.parquet"]
+    expected = pd.concat([first[0].to_pandas(), *(c.to_pandas() for c in again)])
+    got = pd.read_parquet(os.path.join(store.root, "steps"))
+    key = list(schema.KEY_COLUMNS)
+    pd.testing.assert_frame_equal(got.sort_values(key, ignore_index=True),
+                                  expected.sort_values(key, ignore_index=True), check_dtype=False)
+    pd.testing.assert_frame_equal(store.read_steps(), live)  # what live promised, published
+
+
+def test_a_task_run_again_with_fewer_rows_drops_the_old_rows_of_that_task(store):
+    """A resumed attempt that diverged early in task 1: task 1's old rows after that step are
+    gone (its chunk replaces the task), task 2's older rows remain, as a task's chunk did."""
+    for task in range(3):
+        store.write_chunk("t1", task, faults.synthetic_chunk("t1", task, 0))
+    store.publish("t1")
+    short = faults.synthetic_chunk("t1", 1, 1).slice(0, 3)
+    store.write_chunk("t1", 1, short)
+    store.publish("t1")
+    df = store.read_steps()
+    assert df[df.task == 1].step.tolist() == short["step"].to_pylist()
+    assert set(df[df.task == 2].attempt) == {0} and set(df[df.task == 0].attempt) == {0}
 
 
 def test_reader_keeps_the_latest_attempt_across_files(store):
     """Files never hold the same measurement twice through write_chunk; if an older layout
     or a hand copy leaves one, the reader still returns the latest attempt once."""
     store.write_chunk("t1", 0, faults.synthetic_chunk("t1", 0, 1))
+    store.publish("t1")
     pq.write_table(faults.synthetic_chunk("t1", 0, 2, values=2), store.chunk_path("t1", 5))
     df = store.read_steps()
     assert set(df.attempt) == {2}
@@ -67,6 +112,7 @@ def test_latest_attempt_is_per_key_and_sorted():
 def test_filters_and_columns_push_down(store):
     for trial_id in ("t1", "t2"):
         store.write_chunk(trial_id, 0, faults.synthetic_chunk(trial_id, 0, 0))
+        store.publish(trial_id)
     df = store.read_steps(filter=ds.field("trial_id") == "t2", columns=["accuracy"])
     assert set(df.trial_id) == {"t2"}
     assert set(df.columns) == {"accuracy", *schema.KEY_COLUMNS, "attempt"}
@@ -75,6 +121,8 @@ def test_filters_and_columns_push_down(store):
 def test_written_files_carry_this_schema_version(store):
     table = faults.synthetic_chunk("t1", 0, 0).replace_schema_metadata({})
     path = store.write_chunk("t1", 0, table)
+    assert schema.file_schema_version(pq.read_schema(path)) == schema.SCHEMA_VERSION
+    path = store.publish("t1")
     assert schema.file_schema_version(pq.read_schema(path)) == schema.SCHEMA_VERSION
 
 
@@ -96,10 +144,23 @@ def test_a_chunk_with_wrong_columns_is_refused(store):
 
 
 def test_temporary_files_are_invisible(store):
+    """To pandas (a leading '.'), and to DuckDB's and polars' globs, which match hidden names
+    too: a temporary file does not end in .parquet."""
+    import duckdb
+    import polars as pl
+
     store.write_chunk("t1", 0, faults.synthetic_chunk("t1", 0, 0))
-    leftover = faults.leave_partial_write(store, "t1", 1, faults.synthetic_chunk("t1", 1, 0), 0.5)
-    assert os.path.basename(leftover).startswith(TMP_PREFIX)
-    assert len(pd.read_parquet(os.path.join(store.root, "steps"))) == len(store.read_steps()) > 0
+    store.publish("t1")
+    leftovers = [faults.leave_partial_write(store, "t1", 1, faults.synthetic_chunk("t1", 1, 0), 0.5),
+                 faults.leave_partial_write(store, "t1", 1, faults.synthetic_chunk("t1", 1, 0), 0.5,
+                                            path=store.published_path("t1"))]
+    assert all(os.path.basename(p).startswith(TMP_PREFIX) for p in leftovers)
+    assert os.path.dirname(leftovers[1]) == os.path.join(store.steps_dir, "t1")
+    rows = len(store.read_steps())
+    assert len(pd.read_parquet(os.path.join(store.root, "steps"))) == rows > 0
+    glob = os.path.join(store.steps_dir, "*", "*.parquet")
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()[0][0] == rows
+    assert pl.read_parquet(glob).height == rows
 
 
 def test_manifest_is_written_atomically(store, tmp_path):
@@ -128,6 +189,7 @@ def test_newer_file_is_refused_naming_it(store):
 
 def test_corrupt_file_is_named_with_the_fix(store):
     store.write_chunk("t1", 0, faults.synthetic_chunk("t1", 0, 0))
+    store.publish("t1")
     path = store.chunk_path("t1", 1)
     open(path, "wb").write(b"PAR1" + b"\0" * 100)
     with pytest.raises(StoreError, match=f"{path}.*psp fsck"):

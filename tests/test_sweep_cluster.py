@@ -72,7 +72,8 @@ def wait_for(condition, timeout: float, what: str, proc=None):
 
 
 def chunks(store: Path, task: int) -> list[Path]:
-    return list((store / "steps").glob(f"*/task-{task:06d}.parquet"))
+    """Chunks of ``task`` that running trials hold in flight (published when they end)."""
+    return list((store / "_inflight").glob(f"*/task-{task:06d}.parquet"))
 
 
 def start_driver(*args: str) -> subprocess.Popen:

@@ -1,52 +1,11 @@
-"""`psp sweep launch` end to end on an embedded Ray: the demo spec at smoke size."""
-import time
+"""`psp sweep launch`, `status` and `resume`: refusals, and the GPU check. The demo spec end to end
+runs on S3 storage in test_sweep_s3.py."""
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = str(ROOT / "sweeps" / "demo.yaml")
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_demo_spec_at_smoke_size_end_to_end(tmp_path, psp, exactly_once):
-    storage = tmp_path / "sweeps"
-    result = psp("sweep", "launch", DEMO, "--smoke", "--storage", str(storage), "--name", "demo",
-                 "--quiet", timeout=400)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    store = storage / "demo" / "results"
-    assert f"results:  {store}" in result.stdout
-    assert f"psp results {store}" in result.stdout and f"psp plots {store}" in result.stdout
-
-    steps, trials = exactly_once(store, n_trials=3)
-    assert set(trials.psp) == {"none", "binary", "complex"} and set(trials.units) == {32}
-    assert (trials.status == "completed").all() and (trials.steps_done == 150).all()
-    assert (trials.attempt == 0).all() and trials.restored_from_task.isna().all()
-    assert trials.end_time.notna().all() and (trials.end_time >= trials.start_time).all()
-    assert trials.git_sha.notna().all() and (trials.device == "cpu").all()
-    assert (steps.sweep == "demo").all() and (steps.attempt == 0).all()
-    # The trainable checkpointed every task boundary for Tune.
-    checkpoints = list((storage / "demo").glob("psplab_*/checkpoint_*/trial.pt"))
-    assert len(checkpoints) == 3 * 2  # checkpoint_keep: 2 of the 3 per trial
-
-    status = psp("sweep", "status", "demo", "--storage", str(storage), timeout=60)
-    assert status.returncode == 0, status.stderr
-    assert "TERMINATED 3" in status.stdout and status.stdout.count("150/150 100%") == 3
-
-    # Launching onto the same name refuses, fast, and touches nothing.
-    before = sorted(p.stat().st_mtime_ns for p in store.rglob("*.parquet"))
-    clock = time.perf_counter()
-    again = psp("sweep", "launch", DEMO, "--smoke", "--storage", str(storage), "--name", "demo",
-                timeout=60)
-    assert again.returncode == 2 and "exists" in again.stderr and "psp sweep resume" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1 and time.perf_counter() - clock < 10
-    # --resume on a finished sweep (what `make demo` does the second time) re-runs nothing.
-    resumed = psp("sweep", "launch", DEMO, "--smoke", "--storage", str(storage), "--name", "demo",
-                  "--resume", "--quiet", timeout=300)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert sorted(p.stat().st_mtime_ns for p in store.rglob("*.parquet")) == before
 
 
 def test_status_of_an_unknown_sweep(tmp_path, psp):

@@ -235,7 +235,7 @@ def test_a_killed_pack_worker_resumes_every_member_from_the_pack_checkpoint(tmp_
 
     try:
         deadline = time.monotonic() + 300
-        while len(list((store / "steps").glob("*/task-000001.parquet"))) < 4:
+        while len(list((store / "_inflight").glob("*/task-000001.parquet"))) < 4:
             assert driver.poll() is None, driver.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no task-1 chunks after 300 s"
             time.sleep(0.05)

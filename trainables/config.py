@@ -30,20 +30,32 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- identity of the experiment (these are the Parquet parameter columns) ---
-    model: Literal["mlp", "resnet18", "supsup"] = "mlp"
-    psp: Literal["none", "binary", "complex", "onepower", "rotation"] = "binary"
-    units: int = Field(256, ge=1, le=1 << 16)
-    depth: int = Field(2, ge=0, le=64)
-    tasks: int = Field(10, ge=1, le=100_000)
-    steps_per_task: int = Field(1000, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    optimizer: Literal["rmsprop", "sgd", "adam"] = "rmsprop"
-    seed: int = Field(0, ge=0, lt=2**62)
-    dataset: Literal["mnist5k", "mnist", "fashion_mnist", "cifar"] = "mnist5k"
-    stream: Literal["permuted", "rotating", "incremental"] = "permuted"
-    learn_context: bool = False
-    context_schedule: Literal["task", "cycle", "fast", "local_mix"] = "task"
+    model: Literal["mlp", "resnet18", "supsup"] = Field(
+        "mlp", description="network: fully connected, superposed ResNet-18, or SupSup supermasks")
+    psp: Literal["none", "binary", "complex", "onepower", "rotation"] = Field(
+        "binary", description="superposition type: the context each task binds ('none': the "
+                              "standard network)")
+    units: int = Field(256, ge=1, le=1 << 16, description="width: units per hidden layer")
+    depth: int = Field(2, ge=0, le=64, description="hidden layers")
+    tasks: int = Field(10, ge=1, le=100_000, description="tasks trained one after another")
+    steps_per_task: int = Field(1000, ge=1, description="optimizer updates per task")
+    batch_size: int = Field(128, ge=1, description="training examples per update (at most a "
+                                                   "task's training split)")
+    lr: float = Field(1e-4, gt=0, description="learning rate")
+    optimizer: Literal["rmsprop", "sgd", "adam"] = Field("rmsprop", description="optimizer")
+    seed: int = Field(0, ge=0, lt=2**62, description="seed of the weights, contexts, task "
+                                                     "permutations and batches")
+    dataset: Literal["mnist5k", "mnist", "fashion_mnist", "cifar"] = Field(
+        "mnist5k", description="data: mnist5k ships with psplab; the others load from --data-dir")
+    stream: Literal["permuted", "rotating", "incremental"] = Field(
+        "permuted", description="how tasks differ: permuted pixels, rotated images, or new "
+                                "classes (CIFAR)")
+    learn_context: bool = Field(False, description="train the contexts too (default: fixed "
+                                                   "random contexts, as in the paper)")
+    context_schedule: Literal["task", "cycle", "fast", "local_mix"] = Field(
+        "task", description="when the context changes: with the task, every context_every "
+                            "steps (cycle; local_mix mixes neighbouring keys), or every step "
+                            "(fast)")
     context_every: int = Field(100, ge=1, description="cycle and local_mix: steps per context "
                                "(100: the paper's 10 contexts per rotation; 1: a new one every step)")
     # The key bank of the cycle/fast/local_mix schedules: step s uses key
@@ -53,10 +65,13 @@ class TrialConfig(BaseModel):
     n_contexts: int = Field(10, ge=1, description="cycle/fast/local_mix: keys in the bank "
                             "(local_mix wraps neighbours around it); default: the keys one "
                             "1000-step rotation uses")
-    penalty: Literal["none", "ewc", "si"] = "none"
-    penalty_strength: float = Field(0.0, ge=0)
-    heads: Literal["single", "multi"] = "single"
-    output_units: int = Field(10, ge=2)
+    penalty: Literal["none", "ewc", "si"] = Field("none", description="consolidation baseline: "
+                                                  "EWC or SI penalty")
+    penalty_strength: float = Field(0.0, ge=0, description="weight of the EWC/SI penalty")
+    heads: Literal["single", "multi"] = Field("single", description="one output head shared by "
+                                              "all tasks, or one per task")
+    output_units: int = Field(10, ge=2, description="output units (SupSup: more than the classes "
+                                                    "helps task inference)")
     # Incremental CIFAR (PSP §4.2): the reference code's protocol by default.
     augment: bool = Field(False, description="incremental CIFAR: random crop (4-pixel padding) "
                           "and horizontal flip of training batches; off in the reference code")
@@ -88,18 +103,26 @@ class TrialConfig(BaseModel):
         None, description="input scaling: standardize ((x-mean)/sd; MNIST's 0.1307/0.3081 on "
         "grayscale data, as the reference code), symmetric (2x-1, in [-1, 1]) or unit ([0, 1] "
         "pixels); default: symmetric on incremental CIFAR, standardize otherwise")
-    eval_every: int = Field(100, ge=0)          # 0: no periodic evaluation
-    eval_all_every: int | None = Field(None, ge=1)  # None: all seen tasks at task boundaries
+    eval_every: int = Field(100, ge=0, description="test task 0 and the current task every this "
+                                                   "many steps; 0: never (default: 100, or once "
+                                                   "per task when 100 does not divide "
+                                                   "steps_per_task)")
+    eval_all_every: int | None = Field(None, ge=1, description="also test every seen task every "
+                                                               "this many steps (default: at task "
+                                                               "ends only)")
 
     # --- how to run it (not part of the experiment's identity) ---
-    data_dir: str | None = None
-    device: str = "auto"
-    threads: int | None = Field(None, ge=1)
-    test_examples: int | None = Field(None, ge=1)  # cap on test images per task (None: all)
+    data_dir: str | None = Field(None, description="directory or URI holding the dataset files")
+    device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:1, …")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: torch's own; in "
+                                                        "a sweep, the trial's CPUs)")
+    test_examples: int | None = Field(None, ge=1, description="cap on test images per task "
+                                                              "(default: all)")
     # Replay each training step as one CUDA graph: a small net's eager step is launch-bound on
     # a GPU. The graphed step is the packed one (trainables/packed.py), so it takes what a
     # pack takes: the FC net on the permuted stream, fixed contexts, no penalty.
-    cuda_graph: bool = False
+    cuda_graph: bool = Field(False, description="replay each training step as one CUDA graph "
+                                                "(GPU; FC net, permuted stream)")
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +134,17 @@ class TrialConfig(BaseModel):
                 data = {**data, "n_contexts": max(1, ROTATION_PERIOD // every)}
             elif schedule == "fast":
                 data = {**data, "n_contexts": ROTATION_PERIOD}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_eval_every(cls, data):
+        # Every 100 steps where that divides the task, else once per task: any task length
+        # runs without the user choosing eval_every.
+        if isinstance(data, dict) and data.get("eval_every") is None:
+            steps = data.get("steps_per_task", 1000)
+            fits = not (isinstance(steps, int) and steps >= 1 and steps % 100)
+            data = {**data, "eval_every": 100 if fits else steps}
         return data
 
     @model_validator(mode="before")

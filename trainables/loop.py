@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from trainables.config import ROTATION_PERIOD, TrialConfig
 from trainables.contexts import generator, local_mix_context
-from trainables.data import load_dataset
+from trainables.data import DataError, load_dataset
 from trainables.layers import use_context_function
 from trainables.models import build_model
 from trainables.penalties import FISHER_EXAMPLES, build_penalty
@@ -65,8 +65,13 @@ def batch_indices(cfg: TrialConfig, task: int, n_examples: int, device: torch.de
     """Every batch of a task drawn up front from (seed, task): (steps_per_task, batch_size).
 
     Tied to the task, not to a running RNG, so a trial resumed at a task boundary draws the same
-    batches it would have drawn without the interruption.
+    batches it would have drawn without the interruption. A batch larger than the task's
+    training split is refused: drawn with replacement, it would repeat examples in every batch
+    (and crawl, at seconds a step), which is never what was meant.
     """
+    if cfg.batch_size > n_examples:
+        raise DataError(f"batch_size {cfg.batch_size}: larger than the {n_examples} training "
+                        f"examples of task {task} ({cfg.dataset}); use at most {n_examples}")
     g = generator(cfg.seed, "batches", task)
     return torch.randint(n_examples, (cfg.steps_per_task, cfg.batch_size), generator=g).to(device)
 
