@@ -101,8 +101,9 @@ def test_a_pack_resumes_its_running_members_and_keeps_the_diverged_ones(tmp_path
 
     store = Store(str(tmp_path / "results"))
     store.initialise()
-    shared = dict(units=32, tasks=5, steps_per_task=40, eval_every=20, optimizer="sgd", lr=2.0)
-    members = [{"psp": "binary", "seed": 3}, {"psp": "binary", "seed": 0}, {"psp": "none", "seed": 0}]
+    # SGD at lr 1: binary seed 2 diverges at step 104 (task 2), seed 10 at step 123 (task 3)
+    shared = dict(units=32, tasks=5, steps_per_task=40, eval_every=20, optimizer="sgd", lr=1.0)
+    members = [{"psp": "binary", "seed": 2}, {"psp": "binary", "seed": 10}, {"psp": "none", "seed": 0}]
     config = {**shared, PACK_KEY: members}
     ids = [member_trial_id("pk_00000", k) for k in range(3)]
 
