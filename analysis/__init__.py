@@ -26,6 +26,7 @@ _EXPORTS = {
     "retention_points": "analysis.retention", "survival_times": "analysis.survival",
     "kaplan_meier": "analysis.survival", "forecast": "analysis.forecasting",
     "ForecastError": "analysis.forecasting", "backtest": "analysis.backtesting",
+    "families_from": "analysis.backtesting",
     "write_all": "analysis.plots", "write_study": "analysis.study",
 }
 __all__ = sorted(_EXPORTS)

@@ -23,6 +23,7 @@ it diverged.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,11 +71,15 @@ def held_out(frame: pd.DataFrame, fit_tasks: int) -> pd.DataFrame:
 
 
 def backtest(df: pd.DataFrame, fit_tasks: int, *, trials: pd.DataFrame | None = None,
-             family: str = "auto", families=mdl.DEFAULT_FAMILIES, level: float = fc.LEVEL,
-             n_boot: int = 200, chance: float = ret.CHANCE, seed: int = 0) -> Backtest:
+             family: str | Mapping[tuple, str] = "auto", families=mdl.DEFAULT_FAMILIES,
+             level: float = fc.LEVEL, n_boot: int = 200, chance: float = ret.CHANCE,
+             seed: int = 0) -> Backtest:
     """Forecast each group from its first ``fit_tasks`` tasks and score the forecasts on every
-    later measurement (see the module docstring). Raises ForecastError when the split leaves
-    nothing to fit or nothing to compare."""
+    later measurement (see the module docstring). ``family``: one curve family for every
+    group, 'auto' (chosen inside each group's window), or a mapping from a group's key values
+    (in ``by`` order) to its family — e.g. the family that forecast best on other runs (see
+    ``families_from``); groups it lacks choose inside the window. Raises ForecastError when
+    the split leaves nothing to fit or nothing to compare."""
     tests, by = grp.grouped(fc.evaluations(df), trials)
     if tests.empty:
         raise fc.ForecastError("no test measurements to backtest")
@@ -93,7 +98,9 @@ def backtest(df: pd.DataFrame, fit_tasks: int, *, trials: pd.DataFrame | None = 
         if tasks <= fit_tasks:
             rows.append({**row, "note": f"ran {tasks} tasks: nothing after task {fit_tasks}"})
             continue
-        model, note = fc.fit_window(frame, fit_tasks, family, chance, n_boot, seed)
+        chosen = (family if isinstance(family, str)
+                  else family.get(tuple(keys[name] for name in by), "auto"))
+        model, note = fc.fit_window(frame, fit_tasks, chosen, chance, n_boot, seed)
         if model is None:
             rows.append({**row, "note": note})
             continue
@@ -129,6 +136,18 @@ def backtest(df: pd.DataFrame, fit_tasks: int, *, trials: pd.DataFrame | None = 
                                f"tasks ({notes})")
     return Backtest(pd.concat(points, ignore_index=True), pd.concat(means, ignore_index=True),
                     summary, pd.concat(curves, ignore_index=True), by, fit_tasks, level)
+
+
+def families_from(result: Backtest) -> dict[tuple, str]:
+    """Per group (key values in ``result.by`` order), the family whose forecasts from the same
+    window erred least on ``result``'s later measurements (``best_family``): a choice made on
+    the runs ``result`` scored, to be used on others."""
+    summary = result.summary
+    if "best_family" not in summary:
+        return {}
+    known = summary[summary["best_family"].fillna("") != ""]
+    return {tuple(row[name] for name in result.by): row["best_family"]
+            for row in known.to_dict("records")}
 
 
 def _covered(frame: pd.DataFrame) -> np.ndarray:

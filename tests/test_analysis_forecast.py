@@ -169,3 +169,27 @@ def test_the_package_exports_the_functions():
 
     assert forecast is fc.forecast and backtest is bt.backtest
     assert callable(analysis.forecast) and callable(analysis.backtest)
+
+
+def test_a_curve_chosen_on_other_runs_is_used_for_the_held_out_ones():
+    # Two groups: exponential forgetting at 64 units, γ = 3/2 at 128. The development seeds'
+    # runs show which curve forecasts them best; the held-out seeds are forecast with it, and
+    # beat the theory's curve imposed on them.
+    df = pd.concat([simulate(exponential), simulate(power_15, seed=1).assign(units=128)])
+    df["trial_id"] = df["trial_id"] + "-" + df["units"].astype(str)
+    dev, held = df[df.seed.isin([0, 1])], df[df.seed.isin([2, 3, 4])]
+    chosen = bt.families_from(bt.backtest(dev, FIT, n_boot=0))
+    assert set(chosen) == {("binary", 64), ("binary", 128)}
+    assert "power_half" not in chosen.values()
+    theory = bt.backtest(held, FIT, family="power_half", n_boot=20).summary.set_index("units")
+    mapped = bt.backtest(held, FIT, family=chosen, n_boot=20).summary.set_index("units")
+    assert mapped.loc[64, "family"] == chosen[("binary", 64)]
+    assert mapped.loc[128, "family"] == chosen[("binary", 128)]
+    for units in (64, 128):
+        assert abs(mapped.loc[units, "task0_err"]) < abs(theory.loc[units, "task0_err"])
+    # a group the mapping lacks chooses inside its window, as with family="auto"
+    auto = bt.backtest(held, FIT, n_boot=0).summary.set_index("units")
+    partial = bt.backtest(held, FIT, family={("binary", 64): "weibull"}, n_boot=0).summary
+    partial = partial.set_index("units")
+    assert partial.loc[64, "family"] == "weibull"
+    assert partial.loc[128, "family"] == auto.loc[128, "family"]
