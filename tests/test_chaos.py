@@ -79,14 +79,18 @@ def stop_driver(driver: subprocess.Popen) -> tuple[str, str]:
     return driver.communicate()
 
 
-def wait_for(condition, timeout: float, what: str, driver: subprocess.Popen):
-    """Poll ``condition`` until it returns something truthy; fail if the driver exits first."""
+def wait_for(condition, timeout: float, what: str, driver: subprocess.Popen,
+             finished_ok: bool = False):
+    """Poll ``condition`` until it returns something truthy; fail if the driver exits first,
+    unless ``finished_ok`` and it exited cleanly (then None: the sweep ran out of work)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         if driver.poll() is not None:
+            if finished_ok and driver.returncode == 0:
+                return None
             out, err = driver.communicate()
             pytest.fail(f"driver exited ({driver.returncode}) before {what}:\n{out[-2000:]}\n{err[-3000:]}")
         time.sleep(0.2)
@@ -238,10 +242,14 @@ def check_restart_report(output: str, store: Path, trials: pd.DataFrame) -> set[
 @pytest.mark.timeout(420)
 def test_random_node_and_worker_kills(tmp_path, ray_cluster_nodes, exactly_once):
     """3 worker nodes removed without warning (each replaced) and 2 trial processes SIGKILLed,
-    in a seeded random order at seeded random points of an 8-trial sweep."""
+    in a seeded random order at seeded random points of a 10-trial sweep. On a fast machine
+    the sweep may run out of trials with a task or two left to cut before the last events:
+    that is accepted once both kinds of kill have landed (the CI machine once finished 8
+    trials after three)."""
     cluster, name, seed = ray_cluster_nodes, "chaos-nodes", 6
+    n_trials = 10
     rng = random.Random(seed)
-    spec = write_spec(tmp_path, name, seeds=list(range(8)))
+    spec = write_spec(tmp_path, name, seeds=list(range(n_trials)))
     store = tmp_path / "sweeps" / name / "results"
     events = ["node"] * 3 + ["sigkill"] * 2
     rng.shuffle(events)
@@ -251,11 +259,15 @@ def test_random_node_and_worker_kills(tmp_path, ray_cluster_nodes, exactly_once)
     try:
         for kind in events:
             target = sum(chunks_by_trial(store).values()) + rng.randint(1, 3)
-            wait_for(lambda: sum(chunks_by_trial(store).values()) >= target, 240,
-                     f"{target} chunks before a {kind} kill", driver)
+            both_landed = {k for k, _ in hits} == {"node", "sigkill"}
+            if not wait_for(lambda: sum(chunks_by_trial(store).values()) >= target, 240,
+                            f"{target} chunks before a {kind} kill", driver, both_landed):
+                break
             time.sleep(rng.uniform(0, 1.5))
             victims = wait_for(lambda: running_trials(cluster, name, store), 120,
-                               f"a running trial to {kind}", driver)
+                               f"a running trial to {kind}", driver, both_landed)
+            if not victims:
+                break
             if kind == "sigkill":
                 hit = [rng.choice(victims)]
                 os.kill(hit[0].pid, signal.SIGKILL)
@@ -281,11 +293,11 @@ def test_random_node_and_worker_kills(tmp_path, ray_cluster_nodes, exactly_once)
         stop_driver(driver)
     assert driver.returncode == 0, out[-3000:] + err[-3000:]
 
-    steps, trials = exactly_once(store, n_trials=8)
+    steps, trials = exactly_once(store, n_trials=n_trials)
     print(trials[["trial_id", "status", "attempt", "restarts", "restored_from_task"]].to_string())
     print(out[-600:])
     tune = tune_trials(tmp_path / "sweeps" / name)
-    assert {t["status"] for t in tune.values()} == {"TERMINATED"} and len(tune) == 8, tune
+    assert {t["status"] for t in tune.values()} == {"TERMINATED"} and len(tune) == n_trials, tune
     assert (trials.status == "completed").all()
     by_id = trials.set_index("trial_id")
     cut_short = [(kind, victim) for kind, victim in hits if not victim.finished]
