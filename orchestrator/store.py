@@ -371,12 +371,16 @@ class Store:
         return table.sort_by([("step", "ascending")])
 
     def _read_files(self, paths: list[str]) -> pa.Table:
+        return self._read(self._checked_dataset(sorted(paths), schema.STEPS_SCHEMA))
+
+    def _checked_dataset(self, paths: list[str], table_schema: pa.Schema) -> ds.Dataset:
+        """``paths`` (in this order) as one dataset of ``table_schema``, every file's schema
+        and version checked first, as dataset discovery's reads are (``_dataset``)."""
         dataset = ds.FileSystemDataset.from_paths(
-            sorted(paths), schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(),
-            filesystem=self.fs)
+            paths, schema=table_schema, format=ds.ParquetFileFormat(), filesystem=self.fs)
         for fragment in dataset.get_fragments():
             self._check_fragment(fragment)
-        return self._read(dataset)
+        return dataset
 
     # ---- reading -----------------------------------------------------------------------
     def _dataset(self, directory: str, table_schema: pa.Schema,
@@ -463,11 +467,8 @@ class Store:
             term = pc.and_(pc.equal(table["trial_id"], trial_id),
                            pc.is_in(table["task"], value_set=pa.array(list(tasks), pa.int32())))
             replaced = term if replaced is None else pc.or_(replaced, term)
-        dataset = ds.FileSystemDataset.from_paths(
-            sorted(p for tasks in chunks.values() for p in tasks.values()),
-            schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(), filesystem=self.fs)
-        for fragment in dataset.get_fragments():
-            self._check_fragment(fragment)
+        dataset = self._checked_dataset(
+            sorted(p for tasks in chunks.values() for p in tasks.values()), schema.STEPS_SCHEMA)
         fresh = self._read(dataset, filter=filter, columns=columns)
         return pa.concat_tables([table.filter(pc.invert(pc.fill_null(replaced, False))), fresh])
 
@@ -486,14 +487,9 @@ class Store:
                 paths += self._visible_files(self.path("steps", trial_id))
             if not paths and self.fs.get_file_info(self.steps_dir).type == pafs.FileType.NotFound:
                 return None
-            dataset = ds.FileSystemDataset.from_paths(
-                sorted(paths), schema=schema.STEPS_SCHEMA, format=ds.ParquetFileFormat(),
-                filesystem=self.fs)
         except OSError as exc:
             raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
-        for fragment in dataset.get_fragments():
-            self._check_fragment(fragment)
-        return dataset
+        return self._checked_dataset(sorted(paths), schema.STEPS_SCHEMA)
 
     def _visible_files(self, directory: str) -> list[str]:
         """Files below ``directory`` that a dataset read sees: no path part under it starting
@@ -531,14 +527,9 @@ class Store:
             if infos[0].type == pafs.FileType.NotFound:
                 return None
             paths = [i.path for i in infos[1:] if i.type == pafs.FileType.File]
-            dataset = ds.FileSystemDataset.from_paths(
-                paths, schema=schema.TRIALS_SCHEMA, format=ds.ParquetFileFormat(),
-                filesystem=self.fs)
         except OSError as exc:
             raise StoreError(f"storage {self.uri!r}: {_one_line(exc)}") from exc
-        for fragment in dataset.get_fragments():
-            self._check_fragment(fragment)
-        return dataset
+        return self._checked_dataset(paths, schema.TRIALS_SCHEMA)
 
 
 def _only_trials(table: pa.Table, trial_ids: list[str]) -> pa.Table:
