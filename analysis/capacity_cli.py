@@ -5,7 +5,9 @@ Arguments are checked before pandas and scipy are imported, so a bad one is answ
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+
+from orchestrator.errors import fail, missing_local_path
 
 FAMILY_CHOICES = ("auto", "power", "power_half", "exp", "weibull")
 
@@ -66,15 +68,13 @@ def _common(parser, where: bool = True) -> None:
                             help="pandas query over the trials table, e.g. \"seed >= 2\"")
 
 
-def _fail(message: str) -> int:
-    print(f"psp capacity: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
+def _fail(message: object) -> int:
+    return fail("capacity", message)
 
 
 def _check(args) -> str | None:
-    """The first bad argument, in words, or None."""
-    from analysis.cli import _missing_local_store
-
+    """The first bad argument, in words, or None. Creates --out: a report that cannot be
+    written is refused before the minute its computation takes, not after."""
     if args.fit_tasks < 2:
         return f"--fit-tasks {args.fit_tasks}: need at least 2 tasks to fit retention"
     if not 0 < args.level < 1:
@@ -84,8 +84,13 @@ def _check(args) -> str | None:
     threshold = getattr(args, "threshold", None)
     if threshold is not None and not 0 < threshold < 1:
         return f"--threshold {threshold}: must be in (0, 1)"
-    if _missing_local_store(args.store):
+    if missing_local_path(args.store):
         return f"{args.store}: no such file or directory"
+    if args.out:
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as exc:
+            return f"--out {args.out}: cannot create it ({exc.strerror or exc})"
     return None
 
 
@@ -121,8 +126,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     problem = _check(args)
     if problem:
         return _fail(problem)
-    from analysis.cli import _is_user_error
-
     try:
         tests, trials = load_for_backtest(args.store, args.where, args.fit_tasks)
         # scipy and the models only now: a bad split or --where is answered without them.
@@ -137,10 +140,8 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
             written = write_backtest(result, args.out)
             print(f"wrote {', '.join(str(p) for p in written)}")
-    except Exception as exc:  # noqa: BLE001
-        if _is_user_error(exc) or isinstance(exc, OSError):
-            return _fail(exc)
-        raise
+    except OSError as exc:  # an unwritable --out; user errors reach `psp`'s handler
+        return _fail(exc)
     return 0
 
 
@@ -152,17 +153,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         dev = tuple(int(s) for s in args.dev_seeds.split(",") if s.strip())
     except ValueError:
         return _fail(f"--dev-seeds {args.dev_seeds!r}: a comma-separated list of seeds")
-    from analysis.cli import _is_user_error
-
     try:
         from analysis.study import write_study
 
         path = write_study(args.store, args.out, fit_tasks=args.fit_tasks, dev_seeds=dev,
                            threshold=args.threshold, family=args.family, level=args.level,
                            n_boot=args.n_boot)
-    except Exception as exc:  # noqa: BLE001
-        if _is_user_error(exc) or isinstance(exc, OSError):
-            return _fail(exc)
-        raise
+    except OSError as exc:  # an unwritable --out; user errors reach `psp`'s handler
+        return _fail(exc)
     print(f"wrote {path} and its figures")
     return 0

@@ -5,12 +5,10 @@ Nothing heavy is imported at module level: `psp --help` must stay fast.
 from __future__ import annotations
 
 import argparse
-import sys
+
+from orchestrator.errors import fail, missing_local_path
 
 RESULT_COLUMNS = ["trial_id", "psp", "units", "tasks", "seed", "status", "acc", "steps_done"]
-# What the user gets wrong, reported as one line with exit code 2 (names as in orchestrator.errors).
-USER_ERRORS = ("QueryError", "StoreError", "SchemaError", "CapacityError", "ForecastError",
-               "UserError")
 
 
 def register(subparsers) -> None:
@@ -57,22 +55,6 @@ def register(subparsers) -> None:
     capacity_cli.register(subparsers)
 
 
-def _fail(command: str, message: str) -> int:
-    print(f"psp {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
-
-
-def _missing_local_store(store: str) -> bool:
-    """A local path that does not exist: said at once, before pandas and scipy load (~2 s)."""
-    import os
-
-    return "://" not in store and not os.path.exists(store)
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    return any(cls.__name__ in USER_ERRORS for cls in type(exc).__mro__)
-
-
 def results_table(store, where: str | None = None, live: bool = False):
     """The trials of ``store`` with their final average accuracy, filtered by ``where``;
     ``live`` counts the rows of attempts still running too."""
@@ -113,10 +95,10 @@ def _capacity_text(store, trials, threshold: float, n_boot: int) -> str:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    if _missing_local_store(args.store):
-        return _fail("results", f"{args.store}: no such file or directory")
+    if missing_local_path(args.store):
+        return fail("results", f"{args.store}: no such file or directory")
     if not 0 < args.threshold < 1:
-        return _fail("results", f"--threshold {args.threshold}: must be in (0, 1)")
+        return fail("results", f"--threshold {args.threshold}: must be in (0, 1)")
     capacity = ""
     try:
         table = results_table(args.store, args.where, live=args.live)
@@ -125,10 +107,8 @@ def cmd_results(args: argparse.Namespace) -> int:
             shown.to_csv(args.csv, index=False)
         if args.capacity and len(table):
             capacity = _capacity_text(args.store, table, args.threshold, args.n_boot)
-    except Exception as exc:  # noqa: BLE001
-        if _is_user_error(exc) or isinstance(exc, OSError):
-            return _fail("results", exc)
-        raise
+    except OSError as exc:  # user errors (a bad --where, a broken store) reach `psp`'s handler
+        return fail("results", exc)
     if shown.empty:
         print("no trials" + (f" match {args.where!r}" if args.where else ""))
     else:
@@ -145,18 +125,16 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_plots(args: argparse.Namespace) -> int:
     if not 0 < args.threshold < 1:
-        return _fail("plots", f"--threshold {args.threshold}: must be in (0, 1)")
-    if _missing_local_store(args.store):
-        return _fail("plots", f"{args.store}: no such file or directory")
+        return fail("plots", f"--threshold {args.threshold}: must be in (0, 1)")
+    if missing_local_path(args.store):
+        return fail("plots", f"{args.store}: no such file or directory")
     try:
         from analysis.plots import write_all
 
         written = write_all(args.store, args.out, args.threshold, chance=args.chance,
                             n_boot=args.n_boot)
-    except Exception as exc:  # noqa: BLE001
-        if _is_user_error(exc) or isinstance(exc, OSError):
-            return _fail("plots", exc)
-        raise
+    except OSError as exc:  # an unwritable --out; user errors reach `psp`'s handler
+        return fail("plots", exc)
     figures = [p for p in written if p.suffix == ".png"]
     index = next(p for p in written if p.name == "index.md")
     print(f"wrote {len(figures)} figures (PNG + SVG) and their tables to {args.out}")

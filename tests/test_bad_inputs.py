@@ -38,6 +38,7 @@ PARSER = "import orchestrator.cli as cli; cli.build_parser()"  # every `psp` com
 IMPORTS = {  # what a process must import before it can judge its input, per level
     "parser": PARSER,
     "arrow": f"{PARSER}; import orchestrator.store",
+    "plots": f"{PARSER}; import analysis.plots",  # matplotlib and scipy, before --out is made
     "torch": f"{PARSER}; import orchestrator.local_run, trainables.loop",
     # a batch is judged against the task's training split: the dataset must be loaded first
     "data": f"{PARSER}; import orchestrator.local_run, trainables.loop; "
@@ -175,6 +176,8 @@ ORCHESTRATOR_CASES = [
          imports="arrow"),
     Case("plots-missing-store", ("plots", "{tmp}/nonexistent", "--out", "{tmp}/figures"),
          "{tmp}/nonexistent"),
+    Case("plots-unwritable-out", ("plots", "{tmp}/store", "--out", "/proc/figures"),
+         "/proc/figures", imports="plots"),
     Case("data-download-unknown", ("data", "download", "imagenet"), "imagenet"),
     # ---- psp capacity ---------------------------------------------------------------------------
     Case("capacity-backtest-missing-store", ("capacity", "backtest", "{tmp}/nonexistent"),
@@ -189,6 +192,10 @@ ORCHESTRATOR_CASES = [
     Case("capacity-backtest-bad-family", ("capacity", "backtest", "{tmp}/store", "--family",
                                           "cubic"), "--family"),
     Case("capacity-report-no-out", ("capacity", "report", "{tmp}/store"), "--out"),
+    Case("capacity-backtest-unwritable-out", ("capacity", "backtest", "{tmp}/store", "--out",
+                                              "/proc/backtest"), "--out /proc/backtest"),
+    Case("capacity-report-unwritable-out", ("capacity", "report", "{tmp}/store", "--out",
+                                            "/proc/study"), "--out /proc/study"),
     Case("capacity-report-bad-seeds", ("capacity", "report", "{tmp}/store", "--out",
                                        "{tmp}/study", "--dev-seeds", "zero"), "--dev-seeds"),
 ]
