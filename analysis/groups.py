@@ -155,12 +155,6 @@ def percentile_interval(values, ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def seed_units(frame: pd.DataFrame) -> list:
-    """The resampling units of a bootstrap: one list of trial_ids per seed."""
-    key = "seed" if "seed" in frame else "trial_id"
-    return [sorted(ids.unique()) for _, ids in frame.groupby(key, sort=True)["trial_id"]]
-
-
 def n_diverged(frame: pd.DataFrame, trials: pd.DataFrame | None) -> int:
     """Trials of ``frame`` whose status in ``trials`` is diverged (0 without a trials table)."""
     if trials is None or "status" not in trials:
