@@ -4,8 +4,14 @@ A sweep named NAME under STORAGE (a path every node can reach, or an s3:// / gs:
 
     STORAGE/NAME/                     Tune's experiment: tuner.pkl, experiment_state-*.json,
                                       one directory per trial with its task checkpoints
-    STORAGE/NAME/psplab-sweep.json    what `resume` needs: the effective grid, resources, limits
+    STORAGE/NAME/psplab/sweep.json    what `resume` needs: the effective grid, resources, limits
     STORAGE/NAME/results/             the results store (per-step Parquet, trials table)
+
+The sweep's record is in a directory of its own because Tune's restore copies every ``*.json``
+and ``*.pkl`` at the experiment's top level to its staging directory and uploads them back on
+every snapshot, rewriting each file in place: a driver killed mid-copy left the record psplab
+kept there (``psplab-sweep.json``, still read for sweeps launched before) empty, and the sweep
+could not be resumed. Tune lists that level only, so it never touches ``psplab/``.
 
 Launching never touches an existing sweep: Tune would overwrite its ``tuner.pkl``. Resuming
 restores Tune's experiment with unfinished and errored trials resumed from their last task
@@ -32,7 +38,8 @@ from orchestrator.cli import UserError
 from orchestrator.spec import SweepSpec, check_name
 from orchestrator.store import Store, StoreError, resolve
 
-SWEEP_FILE = "psplab-sweep.json"
+SWEEP_FILE = "psplab/sweep.json"
+LEGACY_SWEEP_FILE = "psplab-sweep.json"  # where psplab kept it before: Tune rewrites it there
 # The Tune config key of a packed trial: its members' grid values (the rest of the config is
 # shared by all of them).
 PACK_KEY = "pack_members"
@@ -63,6 +70,13 @@ class SweepPaths:
     @property
     def sweep_file(self) -> str:
         return _join(self.storage, self.name, SWEEP_FILE)
+
+    @property
+    def legacy_sweep_file(self) -> str:
+        return _join(self.storage, self.name, LEGACY_SWEEP_FILE)
+
+    def has_record(self) -> bool:
+        return _exists(self.sweep_file) or _exists(self.legacy_sweep_file)
 
     def for_tune(self, *parts: str) -> tuple[str, pafs.FileSystem | None]:
         """(path, filesystem) for Tune. A URI is resolved here, as the store resolves it,
@@ -128,9 +142,9 @@ def resume_sweep(name: str, storage: str, *, address: str | None = None, verbose
     """Finish a sweep whose driver stopped: unfinished and errored trials resume from their
     last task checkpoint; finished trials are left alone."""
     paths = sweep_paths(storage, name)
-    if not _exists(paths.sweep_file):
+    if not paths.has_record():
         raise UserError(f"no sweep {name!r} under {paths.storage} (looked for {paths.sweep_file})")
-    meta = read_sweep_file(paths)
+    meta = read_sweep_file(paths, migrate=True)
     tune, started = _connect(address)
     try:
         _check_resources(meta["resources"], autoscaling=address is not None)
@@ -377,10 +391,14 @@ def _exists(uri: str) -> bool:
 
 
 def _write_json(uri: str, body: dict[str, Any]) -> None:
+    """All or nothing: written under a hidden name, then renamed (on an object store, one PUT
+    and a server-side copy)."""
     fs, path = resolve(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as handle:
+    tmp = Store.tmp_path(path)
+    with fs.open_output_stream(tmp) as handle:
         handle.write(json.dumps(body, indent=1, sort_keys=True).encode())
+    fs.move(tmp, path)
 
 
 def _read_json(uri: str) -> Any:
@@ -389,11 +407,18 @@ def _read_json(uri: str) -> Any:
         return json.loads(handle.read())
 
 
-def read_sweep_file(paths: SweepPaths) -> dict[str, Any]:
+def read_sweep_file(paths: SweepPaths, *, migrate: bool = False) -> dict[str, Any]:
+    """The sweep's record. A sweep launched by an older psplab has it at the top level, where
+    Tune rewrites it; ``migrate`` (resuming, which writes anyway) copies it to where Tune
+    does not."""
+    uri = paths.sweep_file if _exists(paths.sweep_file) else paths.legacy_sweep_file
     try:
-        return _read_json(paths.sweep_file)
+        meta = _read_json(uri)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{paths.sweep_file}: cannot read the sweep's record ({exc})") from None
+        raise UserError(f"{uri}: cannot read the sweep's record ({exc})") from None
+    if migrate and uri != paths.sweep_file:
+        _write_json(paths.sweep_file, meta)
+    return meta
 
 
 def _jsonable(value: Any) -> Any:
@@ -407,7 +432,7 @@ def sweep_status(name: str, storage: str) -> str:
     paths = sweep_paths(storage, name)
     if not _exists(paths.experiment):
         raise UserError(f"no sweep {name!r} under {paths.storage}")
-    meta = read_sweep_file(paths) if _exists(paths.sweep_file) else {"grid": {}}
+    meta = read_sweep_file(paths) if paths.has_record() else {"grid": {}}
     tune_trials, snapshot_age = _tune_trials(paths)
     tune_trials = expand_packs(tune_trials)  # a packed sweep still lists one trial per grid point
     store = Store(paths.store)

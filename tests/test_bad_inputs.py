@@ -225,7 +225,8 @@ def write_orchestrator_inputs(root: Path) -> None:
         (specs / f"{name}.yaml").write_text(text)
     (specs / "bad-yaml.yaml").write_text("name: x\ngrid: [\n")
     existing = make_store(root / "sweeps" / "demo" / "results")
-    (Path(existing.root).parent / "psplab-sweep.json").write_text('{"name": "demo"}')
+    (Path(existing.root).parent / "psplab").mkdir()
+    (Path(existing.root).parent / "psplab" / "sweep.json").write_text('{"name": "demo"}')
     (root / "cluster-no-provider.yaml").write_text("cluster_name: x\nmax_workers: 2\n")
     (root / "cluster-bad-workers.yaml").write_text(
         "cluster_name: x\nmax_workers: -1\nprovider: {type: aws, region: us-west-2}\n")

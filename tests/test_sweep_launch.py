@@ -83,3 +83,22 @@ def test_diverged_trial_is_a_result_and_an_error_is_reported(tmp_path, ray_local
     assert "ERROR 1" in status and "TERMINATED 1" in status
     error_line = [line for line in status.splitlines() if line.startswith(f"  {failed.trial_id}: ")]
     assert len(error_line) == 1 and "Failure # 1" in error_line[0] and "error.txt" in error_line[0]
+
+    # Tune's restore copies every *.json at the experiment's top level down and uploads it back,
+    # rewriting it in place: a driver killed mid-copy once left psplab's sweep record there
+    # empty and the sweep unresumable. A resume must leave the record untouched.
+    from pathlib import Path
+
+    from orchestrator.launch import resume_sweep, sweep_paths
+
+    record = Path(sweep_paths(str(tmp_path), "failing").sweep_file)
+    before = (record.stat().st_mtime_ns, record.read_bytes())
+    assert resume_sweep("failing", str(tmp_path), verbose=0) == 1  # the CUDA trial fails again
+    assert (record.stat().st_mtime_ns, record.read_bytes()) == before
+
+    # A sweep launched by an older psplab kept its record at the top level: it still resumes,
+    # and the record moves out of Tune's reach.
+    legacy = tmp_path / "failing" / "psplab-sweep.json"
+    record.rename(legacy)
+    assert resume_sweep("failing", str(tmp_path), verbose=0) == 1
+    assert record.read_bytes() == before[1]

@@ -105,7 +105,7 @@ def test_demo_spec_on_s3_end_to_end(tmp_path, s3, psp, exactly_once, capsys):
     # All on S3: Tune's experiment state, a checkpoint at every task boundary (2 of the 3 kept
     # per trial), and the results store: one published file per trial, nothing in flight.
     keys = s3.keys("sweeps/demo")
-    assert "sweeps/demo/tuner.pkl" in keys and "sweeps/demo/psplab-sweep.json" in keys
+    assert "sweeps/demo/tuner.pkl" in keys and "sweeps/demo/psplab/sweep.json" in keys
     assert any(re.fullmatch(r"sweeps/demo/experiment_state-.*\.json", k) for k in keys)
     checkpoints = [k for k in keys if re.fullmatch(r"sweeps/demo/psplab_[^/]+/checkpoint_\d+/trial\.pt", k)]
     assert len(checkpoints) == 3 * 2, checkpoints
